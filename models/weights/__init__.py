@@ -1,0 +1,1 @@
+"""Weight importers: turn the files registry packages ship into PyTorch state dicts."""

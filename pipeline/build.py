@@ -1,0 +1,90 @@
+"""The main job: `build_models(names, out_dir)` fetches and converts weights, exports every model, checks
+parity, evaluates on the data folders given, times the face pipeline, and returns one row per artifact."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from tqdm import tqdm
+
+from models import get_spec, list_models
+from pipeline.benchmark import time_face_pipeline
+from pipeline.evaluate import detect_layout, evaluate
+from pipeline.export import PARITY_DETECTOR, Artifact, export_onnx
+from pipeline.runtime.atomic import atomic_write
+from pipeline.runtime.preprocess import read_image
+from pipeline.runtime.specs import Task
+from pipeline.samples import sample_images
+
+__all__ = ["build_models"]
+
+log = logging.getLogger(__name__)
+
+_LAYOUT_TASK = {"lfw": Task.FACE_EMBEDDING}
+
+
+def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Path, ...] = (),
+                 cache_dir: Path | None = None, progress: bool = True) -> list[dict]:
+    """Export, check and evaluate zoo models; returns summary rows (one per artifact) and updates each
+    artifact's JSON with its evaluations and timings.
+
+    Args:
+        names: zoo keys (default: every model).
+        out_dir: where `NAME.fp32.onnx/.json` go.
+        data_dirs: evaluation folders; each is used for the models whose task fits its layout.
+        cache_dir: weight and sample cache root.
+        progress: show progress on stderr.
+    """
+    names = list(names or list_models())
+    for name in names:
+        get_spec(name)  # fail on an unknown name before any work
+    layouts = {Path(d): detect_layout(Path(d)) for d in data_dirs}
+    artifacts: dict[str, Artifact] = {}
+    for name in tqdm(names, desc="export", unit="model", disable=not progress):
+        artifacts[name] = export_onnx(name, out_dir, cache_dir=cache_dir)
+    detector = _face_detector(artifacts, out_dir, cache_dir, names, layouts)
+    for data_dir, layout in layouts.items():
+        for name, artifact in artifacts.items():
+            if artifact.meta.task == _LAYOUT_TASK.get(layout):
+                report = evaluate(artifact.onnx_path, data_dir, detector=detector, progress=progress)
+                artifact.figures.setdefault("evaluations", {})[data_dir.name] = json.loads(report.to_json())
+    embedders = [a for a in artifacts.values() if a.meta.task == Task.FACE_EMBEDDING]
+    if embedders and detector is not None:
+        photos = [read_image(p) for p in sample_images(cache_dir)]
+        embedders[0].figures["face_pipeline_latency"] = time_face_pipeline(detector, embedders[0].onnx_path, photos)
+    for artifact in artifacts.values():
+        atomic_write(artifact.json_path, json.dumps(artifact.figures, indent=1).encode())
+    return [_row(a) for a in artifacts.values()]
+
+
+def _face_detector(artifacts, out_dir, cache_dir, names, layouts) -> Path | None:
+    """The detector artifact that aligns faces for embedders (exported if the job did not include it)."""
+    if not any(get_spec(n).task == Task.FACE_EMBEDDING for n in names):
+        return None
+    if PARITY_DETECTOR not in artifacts:
+        artifacts_path = Path(out_dir) / f"{PARITY_DETECTOR}.fp32.onnx"
+        if not artifacts_path.is_file():
+            export_onnx(PARITY_DETECTOR, out_dir, cache_dir=cache_dir)
+        return artifacts_path
+    return artifacts[PARITY_DETECTOR].onnx_path
+
+
+def _row(artifact: Artifact) -> dict:
+    figures = artifact.figures
+    parity = figures["parity"]
+    row = {"model": figures["model"], "precision": figures["precision"], "size_mb": figures["size_mb"],
+           "parity_max_abs": parity["gate_max_abs_diff"]}
+    if "box_max_abs_diff_px" in parity:
+        row["decoded_parity"] = f"{parity['n_faces_torch']} faces, box {parity['box_max_abs_diff_px']:.2g} px"
+    if "cosine_min" in parity:
+        row["decoded_parity"] = f"{parity['n_chips']} chips, cos {parity['cosine_min']:.6f}"
+    for data_name, report in figures.get("evaluations", {}).items():
+        metric, value = next(iter(report["metrics"].items()))
+        row["metric"] = f"{report['task']} {metric} {value:.4f} ({data_name})"
+    latency = figures.get("face_pipeline_latency")
+    if latency:
+        row["latency"] = f"cold {latency['cold_start_ms']:.0f} ms, {latency['per_face_ms_p50']} ms/face"
+    row["onnx"] = str(artifact.onnx_path)
+    return row

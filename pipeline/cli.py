@@ -1,0 +1,189 @@
+"""The `edgepipe` command: a thin shell over the stages. Every `EdgepipeError` becomes one line on stderr
+and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.errors import EdgepipeError
+
+__all__ = ["main"]
+
+
+def _artifact_dir(args) -> Path:
+    """CACHE/artifacts: where `build` writes by default and the face commands look for their models."""
+    from pipeline.sources import default_cache_dir
+
+    return Path(args.cache_dir or default_cache_dir()) / "artifacts"
+
+
+def _cmd_zoo_list(args) -> int:
+    from models import get_spec, list_models
+    from pipeline.report import render_table
+
+    rows = [{"model": n, "task": s.task.value, "input": "x".join(map(str, s.input.shape_chw)),
+             "source": s.weights.pin if s.weights else "-", "license": s.license, "published": s.published}
+            for n, s in ((n, get_spec(n)) for n in list_models(args.pattern))]
+    print(render_table(rows, ["model", "task", "input", "source", "license", "published"]))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from pipeline.export import export_onnx
+
+    artifact = export_onnx(args.model, Path(args.out), opset=args.opset, cache_dir=args.cache_dir,
+                           weights=args.weights, images=_images(args.images))
+    parity = artifact.figures["parity"]
+    print(f"wrote {artifact.onnx_path} ({artifact.figures['size_mb']} MB); torch vs onnxruntime max abs diff "
+          f"{parity['gate_max_abs_diff']:.3g} (all raw outputs: {parity['raw_max_abs_diff']:.3g}); "
+          f"figures in {artifact.json_path}")
+    return 0
+
+
+def _cmd_build(args) -> int:
+    from pipeline.build import build_models
+    from pipeline.report import render_table
+
+    out = Path(args.out) if args.out else _artifact_dir(args)
+    rows = build_models(args.models, out, data_dirs=tuple(Path(d) for d in args.data), cache_dir=args.cache_dir)
+    columns = ["model", "precision", "size_mb", "parity_max_abs", "decoded_parity", "metric", "latency"]
+    print(render_table(rows, columns))
+    print(f"artifacts and their figures (JSON) in {out}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from pipeline.evaluate import evaluate
+    from pipeline.runtime.atomic import atomic_write
+
+    detector = args.detector or _artifact_dir(args) / "blazeface_back.mediapipe.fp32.onnx"
+    report = evaluate(args.artifact, args.data, detector=detector)
+    if args.json:
+        atomic_write(args.json, report.to_json().encode())
+    print(f"{report.task} on {args.data}: " + ", ".join(f"{k} {v:.4f}" for k, v in report.metrics.items()))
+    return 0
+
+
+def _recognizer(args, gallery_must_exist: bool):
+    from pipeline.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer
+
+    root = _artifact_dir(args)
+    detector = FaceDetector.from_path(args.detector or root / "blazeface_back.mediapipe.fp32.onnx")
+    embedder = FaceEmbedder.from_path(args.embedder or root / "dlib_resnet29.facerec.fp32.onnx")
+    gallery = FaceGallery.load(args.gallery) if gallery_must_exist or Path(args.gallery).exists() else None
+    return FaceRecognizer(detector, embedder, gallery)
+
+
+def _cmd_faces_enroll(args) -> int:
+    from pipeline.runtime import read_image
+
+    recognizer = _recognizer(args, gallery_must_exist=False)
+    for path in args.images:  # read and detect every image before the gallery file changes
+        recognizer.enroll(args.name, read_image(path), source=str(path))
+    recognizer.gallery.save(args.gallery)
+    print(f"enrolled {args.name!r} from {len(args.images)} image(s); {args.gallery} now holds "
+          f"{len(recognizer.gallery.names)} people")
+    return 0
+
+
+def _cmd_faces_identify(args) -> int:
+    from pipeline.runtime import InputError, read_image
+    from pipeline.runtime.atomic import atomic_write
+    from pipeline.runtime.draw import draw_faces, encode_image
+
+    recognizer = _recognizer(args, gallery_must_exist=True)
+    image = read_image(args.image)
+    results = recognizer.identify(image, args.threshold)
+    if not results:
+        raise InputError(f"no face found in {args.image}")
+    labels = [f"{m.name or 'unknown'} {m.distance:.2f}" for _, m in results]
+    for (face, match), label in zip(results, labels):
+        print(f"{label}  box={[round(float(v)) for v in face.box_xyxy]}  score={face.score:.2f}")
+    if args.out:
+        atomic_write(args.out, encode_image(draw_faces(image, [f for f, _ in results], labels,
+                                                       [m.name is not None for _, m in results]), Path(args.out).suffix or ".jpg"))
+    return 0
+
+
+def _images(folder: str | None) -> list[Path] | None:
+    if folder is None:
+        return None
+    from pipeline.runtime import InputError
+    from pipeline.runtime.preprocess import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgepipe", description="PyTorch vision models to edge devices through "
+                                     "ONNX, with measured parity, accuracy and speed.")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="weights, samples and default artifacts (default: $EDGEPIPE_CACHE or ~/.cache/edgepipe)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    zoo = sub.add_parser("zoo", help="the model zoo").add_subparsers(dest="zoo_command", required=True)
+    zoo_list = zoo.add_parser("list", help="list zoo models with their source package, licence, published accuracy")
+    zoo_list.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 'blazeface*'")
+    zoo_list.set_defaults(func=_cmd_zoo_list)
+
+    export = sub.add_parser("export", help="export one zoo model to DIR/MODEL.fp32.onnx with parity figures")
+    export.add_argument("model", help="zoo name, see `edgepipe zoo list`")
+    export.add_argument("--out", required=True, help="output directory")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18, default 18)")
+    export.add_argument("--weights", type=Path, help="safetensors state dict to export instead of the zoo weights")
+    export.add_argument("--images", help="folder of real photos for the parity check (default: package samples)")
+    export.set_defaults(func=_cmd_export)
+
+    build = sub.add_parser("build", help="the main job: fetch, convert, export, check parity, evaluate every model")
+    build.add_argument("models", nargs="*", help="zoo names (default: all)")
+    build.add_argument("--out", help="artifact directory (default: CACHE/artifacts)")
+    build.add_argument("--data", action="append", default=[], metavar="DIR",
+                       help="evaluation folder (LFW layout for face verification); repeatable")
+    build.set_defaults(func=_cmd_build)
+
+    ev = sub.add_parser("eval", help="task metrics of an artifact on a data folder (LFW pairs: face verification)")
+    ev.add_argument("artifact", help="an edgepipe .onnx file")
+    ev.add_argument("--data", required=True, help="data folder (LFW layout: images/<Name>/... + pairs.txt)")
+    ev.add_argument("--json", help="write the report here")
+    ev.add_argument("--detector", help="face detector artifact used for alignment (default: CACHE/artifacts/"
+                    "blazeface_back.mediapipe.fp32.onnx)")
+    ev.set_defaults(func=_cmd_eval)
+
+    faces = sub.add_parser("faces", help="enroll and identify people").add_subparsers(dest="faces_command", required=True)
+    for name, func, text in (("enroll", _cmd_faces_enroll, "add a person's face(s) to a gallery file"),
+                             ("identify", _cmd_faces_identify, "name every face in an image")):
+        p = faces.add_parser(name, help=text)
+        p.add_argument("gallery", help="gallery JSON file (created by enroll)")
+        if name == "enroll":
+            p.add_argument("name", help="the person's name")
+            p.add_argument("images", nargs="+", help="photos of the person (the largest face in each is used)")
+        else:
+            p.add_argument("image", help="photo to identify faces in")
+            p.add_argument("--out", help="write the annotated image here (.jpg or .png)")
+            p.add_argument("--threshold", type=float, help="match distance (default: the gallery's)")
+        p.add_argument("--detector", help="face detector artifact (default: CACHE/artifacts/blazeface_back...)")
+        p.add_argument("--embedder", help="face embedder artifact (default: CACHE/artifacts/dlib_resnet29...)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (2 on any edgepipe error)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except EdgepipeError as e:
+        print(f"edgepipe: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,15 @@
+"""Re-export of the error family, which lives in the runtime so a device can ship `pipeline/runtime` alone."""
+
+from pipeline.runtime.errors import (  # noqa: F401
+    ArtifactError,
+    BenchmarkError,
+    EdgepipeError,
+    ExportError,
+    InputError,
+    QuantizeError,
+    SpecError,
+    UnknownModelError,
+    WeightImportError,
+)
+
+__all__ = ["EdgepipeError"]

@@ -1,0 +1,168 @@
+"""torch -> ONNX for zoo models, with the contract in the file and parity measured on real images:
+`export_onnx(name, out_dir) -> Artifact` writes `NAME.fp32.onnx` and `NAME.fp32.json`."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+import pipeline
+from models import build, get_spec
+from pipeline.errors import ArtifactError, ExportError
+from pipeline.parity import chips_for_parity, measure_parity
+from pipeline.runtime.atomic import atomic_write
+from pipeline.runtime.preprocess import read_image
+from pipeline.runtime.session import METADATA_KEY
+from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead, Precision
+from pipeline.samples import sample_images
+from pipeline.sources import sha256_file
+from pipeline.specs import ModelSpec
+
+__all__ = ["export_onnx", "Artifact", "artifact_meta"]
+
+log = logging.getLogger(__name__)
+
+PARITY_DETECTOR = "blazeface_back.mediapipe"  # finds the faces whose chips test an embedder's parity
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An exported or quantized model file, its figures JSON, and its contract."""
+
+    onnx_path: Path
+    json_path: Path
+    meta: ArtifactMeta
+    figures: dict = field(default_factory=dict, compare=False)
+
+
+def artifact_meta(spec: ModelSpec, precision: Precision = Precision.FP32, *, opset: int = 18,
+                  input_name: str = "x") -> ArtifactMeta:
+    """The contract an artifact of `spec` carries."""
+    weights = spec.weights
+    return ArtifactMeta(
+        model_name=spec.name, task=spec.task, precision=precision, input=spec.input, head=spec.head,
+        labels=spec.labels, input_name=input_name, opset=opset, edgepipe_version=pipeline.__version__,
+        spec_sha=spec.sha256, source_package=weights.pin if weights else "",
+        source_file=weights.member if weights else "", source_sha256=weights.member_sha256 if weights else "",
+        license=spec.license,
+    )
+
+
+def export_onnx(
+    name: str,
+    out_dir: str | Path,
+    *,
+    opset: int = 18,
+    cache_dir: Path | None = None,
+    weights: Path | None = None,
+    images: list[Path] | None = None,
+    parity_atol: float = 1e-4,
+) -> Artifact:
+    """Export a zoo model to `out_dir/NAME.fp32.onnx` and measure torch vs ONNX Runtime parity.
+
+    Args:
+        name: zoo key.
+        out_dir: output directory (created).
+        opset: ONNX opset, >= 18 (torch 2.13's exporter builds at 18 and cannot convert Pad down to 17).
+        cache_dir: weight cache root.
+        weights: a safetensors state dict to export instead of the zoo weights.
+        images: real photos for the parity check (default: the package sample photos).
+        parity_atol: the largest raw-output difference accepted.
+
+    Returns:
+        The artifact; its JSON holds size, sha256, parity figures and versions.
+
+    Raises:
+        ExportError: export failed or parity is worse than `parity_atol` (nothing is left in `out_dir`).
+    """
+    if opset < 18:
+        raise ExportError(f"opset must be >= 18 (the exporter cannot convert Pad below 18), got {opset}")
+    spec = get_spec(name)
+    model = build(name, cache_dir=cache_dir, weights=weights)
+    out_dir = Path(out_dir)
+    onnx_path = out_dir / f"{name}.fp32.onnx"
+    started = time.perf_counter()
+    input_name = next(iter(inspect.signature(model.forward).parameters))
+    meta = artifact_meta(spec, opset=opset, input_name=input_name)
+    proto = _to_onnx(model, meta, opset)
+    export_s = time.perf_counter() - started
+    photos = [read_image(p) for p in (images or sample_images(cache_dir))]
+    with tempfile.TemporaryDirectory(prefix="edgepipe-export-") as tmp:
+        candidate = Path(tmp) / onnx_path.name
+        onnx.save_model(proto, candidate)
+        try:
+            parity = _parity(model, candidate, meta, photos, cache_dir)
+        except ArtifactError as e:
+            raise ExportError(f"{name}: the exported file does not load back: {e}") from e
+        if parity["gate_max_abs_diff"] > parity_atol:
+            raise ExportError(f"{name}: torch vs onnxruntime max abs diff {parity['gate_max_abs_diff']:.3g} "
+                              f"exceeds {parity_atol:g}")
+        data = candidate.read_bytes()
+    figures = {
+        "model": name, "precision": meta.precision.value, "onnx": onnx_path.name,
+        "size_mb": round(len(data) / 1e6, 3), "sha256": "", "parity_vs": "torch fp32", "parity": parity,
+        "export": {"opset": opset, "seconds": round(export_s, 2), "dynamic_batch": True},
+        "versions": _versions(), "meta": json.loads(meta.to_json()),
+    }
+    atomic_write(onnx_path, data)
+    figures["sha256"] = sha256_file(onnx_path)
+    json_path = atomic_write(onnx_path.with_suffix(".json"), json.dumps(figures, indent=1).encode())
+    return Artifact(onnx_path, json_path, meta, figures)
+
+
+def _to_onnx(model: torch.nn.Module, meta: ArtifactMeta, opset: int) -> onnx.ModelProto:
+    """Trace with the dynamo exporter, dynamic batch, weights inside; attach the contract; check the graph."""
+    dummy = torch.zeros((2, *_input_shape(meta)), dtype=torch.float32)
+    with tempfile.TemporaryDirectory(prefix="edgepipe-export-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        try:
+            torch.onnx.export(
+                model, (dummy,), str(path), input_names=[meta.input_name], output_names=list(meta.head.outputs),
+                dynamic_shapes={meta.input_name: {0: torch.export.Dim("batch", min=1, max=1024)}},
+                opset_version=opset, external_data=False, dynamo=True, verbose=False,
+            )
+            proto = onnx.load(str(path))
+        except Exception as e:  # the exporter raises many unrelated types; report one line
+            raise ExportError(f"{meta.model_name}: torch.onnx.export failed: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta.to_json()
+    proto.producer_name, proto.producer_version = "edgepipe", pipeline.__version__
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"{meta.model_name}: onnx.checker rejected the graph: {str(e).splitlines()[0]}") from e
+    return proto
+
+
+def _input_shape(meta: ArtifactMeta) -> tuple[int, int, int]:
+    c, h, w = meta.input.shape_chw
+    return (c, h, w) if meta.input.layout.value == "NCHW" else (h, w, c)
+
+
+def _parity(model, onnx_path: Path, meta: ArtifactMeta, photos: list[np.ndarray], cache_dir) -> dict:
+    if isinstance(meta.head, EmbeddingHead):
+        detector_spec = get_spec(PARITY_DETECTOR)
+        detector = build(PARITY_DETECTOR, cache_dir=cache_dir)
+        chips = chips_for_parity(detector, artifact_meta(detector_spec), photos, meta.head)
+        figures = measure_parity(model, onnx_path, photos, chips)
+        figures["chips_from"] = PARITY_DETECTOR
+        return figures
+    return measure_parity(model, onnx_path, photos)
+
+
+def _versions() -> dict:
+    return {"edgepipe": pipeline.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}

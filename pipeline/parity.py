@@ -1,0 +1,103 @@
+"""End-to-end parity of a PyTorch model and its ONNX artifact on real images, through the *same* numpy pre-
+and post-processing: `measure_parity(torch_model, onnx_path, images) -> dict` of figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.runtime import load
+from pipeline.runtime.faces import detector_input, face_chip, faces_from_outputs
+from pipeline.runtime.postprocess import box_iou
+from pipeline.runtime.preprocess import to_input
+from pipeline.runtime.specs import BlazeFaceHead, EmbeddingHead
+
+__all__ = ["measure_parity"]
+
+LIVE_SCORE = 0.05  # anchors at or above this score are the ones decoding can turn into detections
+
+
+def _torch_run(model: nn.Module, batch: np.ndarray) -> list[np.ndarray]:
+    with torch.inference_mode():
+        out = model(torch.from_numpy(batch))
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.float().numpy() for o in out]
+
+
+def measure_parity(torch_model: nn.Module, onnx_path, images_rgb: list[np.ndarray],
+                   chips_rgb: list[np.ndarray] | None = None) -> dict:
+    """Compare torch and onnxruntime on real inputs, raw tensors and decoded results.
+
+    Args:
+        torch_model: the source module (eval mode).
+        onnx_path: its exported artifact.
+        images_rgb: full photos (used by detectors).
+        chips_rgb: aligned face chips (used by embedders).
+
+    Returns:
+        Figures: `raw_max_abs_diff` over all outputs, `gate_max_abs_diff` (what the export tolerance judges: all
+        outputs of an embedder, the anchors scoring >= LIVE_SCORE of a detector), and per task the decoded
+        differences (boxes, keypoints, embeddings).
+    """
+    model = load(onnx_path)
+    meta = model.meta
+    if isinstance(meta.head, BlazeFaceHead):
+        return _detector_parity(torch_model, model, images_rgb)
+    if isinstance(meta.head, EmbeddingHead):
+        return _embedder_parity(torch_model, model, chips_rgb or [])
+    raise TypeError(f"no parity check for head {meta.head.kind!r}")
+
+
+def _detector_parity(torch_model, model, images_rgb) -> dict:
+    meta = model.meta
+    raw, live, box_diff, kp_diff, ious, count_mismatch, n_faces = 0.0, 0.0, 0.0, 0.0, [], 0, 0
+    for image in images_rgb:
+        batch, scale = detector_input(image, meta)
+        ref, got = _torch_run(torch_model, batch), model.run(batch)
+        raw = max(raw, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
+        # Background anchors reach logits of ~1e4, where one float32 step is ~1e-3: judge the anchors that can
+        # become detections (sigmoid >= LIVE_SCORE in the reference).
+        rows = 1.0 / (1.0 + np.exp(-np.clip(ref[0][0, :, 0], -80, 80))) >= LIVE_SCORE  # (A,)
+        if rows.any():
+            live = max(live, *(float(np.abs(a[0][rows] - b[0][rows]).max()) for a, b in zip(ref, got)))
+        ref_faces = faces_from_outputs(ref[0][0], ref[1][0], meta, scale, image.shape[:2])
+        got_faces = faces_from_outputs(got[0][0], got[1][0], meta, scale, image.shape[:2])
+        n_faces += len(ref_faces)
+        count_mismatch += abs(len(ref_faces) - len(got_faces))
+        for a, b in zip(ref_faces, got_faces):
+            box_diff = max(box_diff, float(np.abs(a.box_xyxy - b.box_xyxy).max()))
+            kp_diff = max(kp_diff, float(np.abs(a.keypoints_xy - b.keypoints_xy).max()))
+            ious.append(float(box_iou(a.box_xyxy, b.box_xyxy[None])[0]))
+    return {
+        "n_images": len(images_rgb), "n_faces_torch": n_faces, "face_count_mismatches": count_mismatch,
+        "raw_max_abs_diff": raw, "live_anchor_max_abs_diff": live, "live_score": LIVE_SCORE,
+        "gate_max_abs_diff": live, "box_max_abs_diff_px": box_diff, "keypoint_max_abs_diff_px": kp_diff,
+        "box_min_iou": min(ious) if ious else None,
+    }
+
+
+def _embedder_parity(torch_model, model, chips_rgb) -> dict:
+    if not chips_rgb:
+        raise ValueError("embedder parity needs at least one aligned face chip")
+    batch = to_input(chips_rgb, model.meta.input)
+    ref = _torch_run(torch_model, batch)[0]
+    got = model.run(batch)[0]
+    cosine = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    return {
+        "n_chips": len(chips_rgb), "raw_max_abs_diff": float(np.abs(ref - got).max()),
+        "gate_max_abs_diff": float(np.abs(ref - got).max()),
+        "cosine_min": float(cosine.min()),
+        "embedding_max_l2_diff": float(np.linalg.norm(ref - got, axis=1).max()),
+    }
+
+
+def chips_for_parity(detector_torch: nn.Module, detector_meta, images_rgb, head: EmbeddingHead, limit: int = 32):
+    """Aligned chips of the faces the torch detector finds in `images_rgb`, at most `limit`."""
+    chips = []
+    for image in images_rgb:
+        batch, scale = detector_input(image, detector_meta)
+        scores, regressors = _torch_run(detector_torch, batch)
+        for face in faces_from_outputs(scores[0], regressors[0], detector_meta, scale, image.shape[:2]):
+            chips.append(face_chip(image, face, head))
+    return chips[:limit]

@@ -1,0 +1,35 @@
+"""Write files all-or-nothing: `atomic_write(path, data)` writes a temporary sibling and renames it into place."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from pipeline.runtime.errors import InputError
+
+__all__ = ["atomic_write"]
+
+
+def atomic_write(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part.
+
+    Raises:
+        InputError: the directory cannot be created or written.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise InputError(f"{path.parent}: cannot write there ({e.strerror or e})") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise InputError(f"{path}: cannot write ({e.strerror or e})") from e
+        raise
+    return path

@@ -1,0 +1,39 @@
+"""Draw results on images (opencv): `draw_faces(image_rgb, faces, labels) -> image_rgb`."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["draw_faces"]
+
+_KNOWN = (40, 200, 40)
+_UNKNOWN = (230, 60, 60)
+
+
+def draw_faces(image_rgb: np.ndarray, faces, labels: list[str] | None = None, known: list[bool] | None = None) -> np.ndarray:
+    """A copy of `image_rgb` with each face's box, keypoints and label; known faces green, unknown red."""
+    out = image_rgb.copy()
+    thickness = max(1, round(max(out.shape[:2]) / 500))
+    for i, face in enumerate(faces):
+        colour = _KNOWN if (known is None or known[i]) else _UNKNOWN
+        x1, y1, x2, y2 = (int(round(v)) for v in face.box_xyxy)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        for x, y in face.keypoints_xy:
+            cv2.circle(out, (int(round(x)), int(round(y))), thickness + 1, (255, 220, 0), -1)
+        if labels:
+            scale = 0.5 * thickness
+            (tw, th), base = cv2.getTextSize(labels[i], cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+            top = max(0, y1 - th - base - 2)
+            cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
+            cv2.putText(out, labels[i], (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
+                        thickness, cv2.LINE_AA)
+    return out
+
+
+def encode_image(image_rgb: np.ndarray, suffix: str = ".jpg") -> bytes:
+    """Encode an RGB image to bytes in the format the suffix names (.jpg or .png)."""
+    ok, buffer = cv2.imencode(suffix, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode an image as {suffix!r}")
+    return buffer.tobytes()

@@ -1,0 +1,251 @@
+"""Face detection, alignment, embedding and a persistent gallery, on onnxruntime + numpy + opencv.
+
+`FaceDetector`, `FaceEmbedder` and `FaceGallery` are the public classes; the pure functions
+`detector_input` / `faces_from_outputs` / `face_chip` are what the PyTorch reference path reuses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.runtime.atomic import atomic_write
+from pipeline.runtime.errors import ArtifactError, InputError
+from pipeline.runtime.postprocess import blazeface_anchors, decode_blazeface, embedding_distance, nms
+from pipeline.runtime.preprocess import align_face, resize_to_input, to_input
+from pipeline.runtime.session import Model, load
+from pipeline.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead
+
+__all__ = ["FaceDetector", "FaceEmbedder", "FaceGallery"]
+
+GALLERY_FORMAT = "edgepipe-face-gallery"
+GALLERY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face, in source-image pixels."""
+
+    box_xyxy: np.ndarray  # (4,) float32
+    score: float
+    keypoints_xy: np.ndarray  # (K, 2) float32
+    keypoint_names: tuple[str, ...]
+
+    @property
+    def area(self) -> float:
+        return float(max(0.0, self.box_xyxy[2] - self.box_xyxy[0]) * max(0.0, self.box_xyxy[3] - self.box_xyxy[1]))
+
+
+@dataclass(frozen=True)
+class Match:
+    """Who a face is: `name` is None for an unknown face; `distance` is to the nearest enrolled embedding."""
+
+    name: str | None
+    distance: float
+    nearest: str | None  # the closest enrolled name, even when over the threshold
+
+
+def detector_input(image_rgb: np.ndarray, meta: ArtifactMeta) -> tuple[np.ndarray, tuple[float, float]]:
+    """Preprocess one RGB image for a face detector: ((1, ...) float32 batch, (scale_x, scale_y))."""
+    resized, scale_xy = resize_to_input(image_rgb, meta.input)
+    return to_input([resized], meta.input), scale_xy
+
+
+def faces_from_outputs(
+    scores_logit: np.ndarray, regressors: np.ndarray, meta: ArtifactMeta, scale_xy: tuple[float, float],
+    image_hw: tuple[int, int], score_thresh: float | None = None,
+) -> list[Face]:
+    """Decode one image's raw detector outputs ((A, 1), (A, 16)) into faces in source pixels, after NMS."""
+    head: BlazeFaceHead = meta.head  # type: ignore[assignment]
+    if score_thresh is not None:
+        head = BlazeFaceHead(**{**head.__dict__, "score_thresh": float(score_thresh)})
+    anchors = blazeface_anchors(head, meta.input.input_hw)
+    if len(anchors) != len(regressors):
+        raise ArtifactError(f"{meta.model_name}: {len(regressors)} regressor rows but the head implies {len(anchors)} anchors")
+    boxes, keypoints, scores = decode_blazeface(scores_logit, regressors, anchors, head, meta.input.input_hw)
+    keep = nms(boxes, scores, head.nms_iou)
+    scale = np.array(scale_xy, np.float32)
+    h, w = image_hw
+    faces = []
+    for i in keep:
+        box = (boxes[i].reshape(2, 2) / scale).reshape(4)
+        box = np.clip(box, 0, [w, h, w, h]).astype(np.float32)
+        faces.append(Face(box, float(scores[i]), (keypoints[i] / scale).astype(np.float32), head.keypoint_names))
+    return faces
+
+
+def face_chip(image_rgb: np.ndarray, face: Face, head: EmbeddingHead) -> np.ndarray:
+    """Align one face into the embedder's chip using the keypoints its template names."""
+    index = {name: i for i, name in enumerate(face.keypoint_names)}
+    missing = [name for name, _, _ in head.template if name not in index]
+    if missing:
+        raise ArtifactError(f"embedder template needs keypoints {missing}; the detector gives {list(face.keypoint_names)}")
+    source = np.stack([face.keypoints_xy[index[name]] for name, _, _ in head.template])
+    target = np.array([(x, y) for _, x, y in head.template], np.float64)
+    return align_face(image_rgb, source, target, head.chip_size)
+
+
+def _require_task(model: Model, head_type: type, what: str) -> None:
+    if not isinstance(model.meta.head, head_type):
+        raise ArtifactError(f"{model.path}: is a {model.meta.task.value} model ({model.meta.model_name}), not a {what}")
+
+
+class FaceDetector:
+    """BlazeFace-style detector: `detect(image_rgb) -> list[Face]`, best score first."""
+
+    def __init__(self, model: Model):
+        _require_task(model, BlazeFaceHead, "face detector")
+        self.model = model
+
+    @classmethod
+    def from_path(cls, path: str | Path, **load_options) -> "FaceDetector":
+        return cls(load(path, **load_options))
+
+    def detect(self, image_rgb: np.ndarray, score_thresh: float | None = None) -> list[Face]:
+        batch, scale_xy = detector_input(image_rgb, self.model.meta)
+        scores, regressors = self.model.run(batch)
+        return faces_from_outputs(scores[0], regressors[0], self.model.meta, scale_xy, image_rgb.shape[:2], score_thresh)
+
+
+class FaceEmbedder:
+    """Aligned-chip face embedder: `embed(image_rgb, faces) -> (N, D)`."""
+
+    def __init__(self, model: Model):
+        _require_task(model, EmbeddingHead, "face embedder")
+        self.model = model
+        self.head: EmbeddingHead = model.meta.head  # type: ignore[assignment]
+
+    @classmethod
+    def from_path(cls, path: str | Path, **load_options) -> "FaceEmbedder":
+        return cls(load(path, **load_options))
+
+    def embed_chips(self, chips_rgb: list[np.ndarray]) -> np.ndarray:
+        """Embed already-aligned RGB chips: (N, D) float32."""
+        if not len(chips_rgb):
+            return np.zeros((0, self.head.dim), np.float32)
+        return self.model.run(to_input(chips_rgb, self.model.meta.input))[0]
+
+    def embed(self, image_rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
+        return self.embed_chips([face_chip(image_rgb, face, self.head) for face in faces])
+
+
+class FaceGallery:
+    """Named face embeddings persisted as JSON (no pickle); identifies by nearest distance under a threshold."""
+
+    def __init__(self, model_name: str, metric: str, threshold: float):
+        self.model_name = model_name
+        self.metric = metric
+        self.threshold = float(threshold)
+        self._people: dict[str, np.ndarray] = {}  # name -> (n, D)
+
+    @classmethod
+    def for_embedder(cls, embedder: FaceEmbedder) -> "FaceGallery":
+        return cls(embedder.model.meta.model_name, embedder.head.metric, embedder.head.match_thresh)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._people)
+
+    def count(self, name: str) -> int:
+        return len(self._people.get(name, ()))
+
+    def enroll(self, name: str, embeddings: np.ndarray) -> None:
+        name = name.strip()
+        if not name:
+            raise InputError("a gallery name must not be empty")
+        embeddings = np.atleast_2d(np.asarray(embeddings, np.float32))
+        if name in self._people:
+            embeddings = np.concatenate([self._people[name], embeddings])
+        self._people[name] = embeddings
+
+    def remove(self, name: str) -> None:
+        if name not in self._people:
+            raise InputError(f"gallery has no person {name!r}; enrolled: {self.names}")
+        del self._people[name]
+
+    def rename(self, old: str, new: str) -> None:
+        if new.strip() in self._people:
+            raise InputError(f"gallery already has a person {new!r}")
+        embeddings = self._people.get(old)
+        self.remove(old)
+        self.enroll(new, embeddings)
+
+    def identify(self, embeddings: np.ndarray, threshold: float | None = None) -> list[Match]:
+        """Match each row of `embeddings` (N, D) to the nearest enrolled person."""
+        threshold = self.threshold if threshold is None else float(threshold)
+        embeddings = np.atleast_2d(embeddings)
+        if not self._people:
+            return [Match(None, float("inf"), None) for _ in embeddings]
+        names = self.names
+        best = np.stack([embedding_distance(embeddings, self._people[n], self.metric).min(1) for n in names], 1)
+        matches = []
+        for row in best:  # (P,) distance to each person
+            j = int(row.argmin())
+            matches.append(Match(names[j] if row[j] <= threshold else None, float(row[j]), names[j]))
+        return matches
+
+    def save(self, path: str | Path) -> Path:
+        body = {
+            "format": GALLERY_FORMAT, "version": GALLERY_VERSION, "model": self.model_name,
+            "metric": self.metric, "threshold": self.threshold,
+            "people": {name: self._people[name].round(7).tolist() for name in self.names},
+        }
+        return atomic_write(path, json.dumps(body, indent=1).encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FaceGallery":
+        """Read a gallery file; raises InputError naming the file and the problem if it is missing or corrupt."""
+        path = Path(path)
+        try:
+            body = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise InputError(f"{path}: no such gallery file") from e
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"{path}: corrupt gallery file ({type(e).__name__}: {e})") from e
+        if not isinstance(body, dict) or body.get("format") != GALLERY_FORMAT:
+            raise InputError(f"{path}: not an edgepipe face gallery (format field is missing or wrong)")
+        if body.get("version") != GALLERY_VERSION:
+            raise InputError(f"{path}: gallery version {body.get('version')!r}; expected {GALLERY_VERSION}")
+        try:
+            gallery = cls(str(body["model"]), str(body["metric"]), float(body["threshold"]))
+            for name, rows in body["people"].items():
+                array = np.asarray(rows, np.float32)
+                if array.ndim != 2 or array.shape[0] == 0:
+                    raise ValueError(f"person {name!r} has embeddings of shape {array.shape}")
+                gallery.enroll(name, array)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise InputError(f"{path}: corrupt gallery file ({type(e).__name__}: {e})") from e
+        dims = {v.shape[1] for v in gallery._people.values()}
+        if len(dims) > 1:
+            raise InputError(f"{path}: corrupt gallery file (mixed embedding sizes {sorted(dims)})")
+        return gallery
+
+
+class FaceRecognizer:
+    """Detector + embedder + gallery: what a CLI or UI drives to enroll and identify people in photos."""
+
+    def __init__(self, detector: FaceDetector, embedder: FaceEmbedder, gallery: FaceGallery | None = None):
+        self.detector = detector
+        self.embedder = embedder
+        self.gallery = gallery if gallery is not None else FaceGallery.for_embedder(embedder)
+        if self.gallery.model_name != embedder.model.meta.model_name:
+            raise InputError(f"gallery was made with {self.gallery.model_name!r}, the embedder is "
+                             f"{embedder.model.meta.model_name!r}: distances would not be comparable")
+
+    def enroll(self, name: str, image_rgb: np.ndarray, source: str = "image") -> Face:
+        """Add the largest face of `image_rgb` under `name`; raises InputError if there is none."""
+        faces = self.detector.detect(image_rgb)
+        if not faces:
+            raise InputError(f"no face found in {source}")
+        face = max(faces, key=lambda f: f.area)
+        self.gallery.enroll(name, self.embedder.embed(image_rgb, [face]))
+        return face
+
+    def identify(self, image_rgb: np.ndarray, threshold: float | None = None) -> list[tuple[Face, Match]]:
+        """Every face in the image with who it is (name None = unknown), best detection first."""
+        faces = self.detector.detect(image_rgb)
+        matches = self.gallery.identify(self.embedder.embed(image_rgb, faces), threshold) if faces else []
+        return list(zip(faces, matches))

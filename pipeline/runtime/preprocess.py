@@ -1,0 +1,140 @@
+"""Pure numpy/opencv pre-processing shared by the ONNX runtime and the PyTorch reference path.
+
+Images are uint8 HWC **RGB** everywhere in the runtime API; `to_input` converts to the colour order and
+layout the model's `InputSpec` asks for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.runtime.errors import InputError
+from pipeline.runtime.specs import Color, InputSpec, Layout, Resize
+
+__all__ = ["read_image", "to_input", "align_face"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as uint8 HWC RGB; raises InputError naming the path if it is not a readable image."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an image file")
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    data = np.fromfile(path, dtype=np.uint8)
+    image_bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image_bgr is None:
+        raise InputError(f"{path}: not a readable image (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+
+
+def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
+    """Decode encoded image bytes (e.g. an upload) to uint8 HWC RGB; raises InputError if they are not an image."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image_bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if image_bgr is None:
+        raise InputError(f"{name}: not a readable image")
+    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+
+
+def letterbox(image_hwc: np.ndarray, out_hw: tuple[int, int], pad_value: float = 0.0) -> tuple[np.ndarray, float]:
+    """Scale to fit `out_hw` keeping the aspect ratio, pad right/bottom; return (image, scale).
+
+    A point (x, y) in the output maps back to the source as (x / scale, y / scale).
+    """
+    h, w = image_hwc.shape[:2]
+    out_h, out_w = out_hw
+    scale = min(out_h / h, out_w / w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR  # area averaging avoids aliasing when shrinking
+    resized = cv2.resize(image_hwc, (new_w, new_h), interpolation=interp)
+    out = np.full((out_h, out_w, image_hwc.shape[2]), pad_value, dtype=image_hwc.dtype)
+    out[:new_h, :new_w] = resized
+    return out, scale
+
+
+def resize_to_input(image_hwc: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, tuple[float, float]]:
+    """Resize as the spec says; return (image of the input size, (scale_x, scale_y)) mapping source -> input px."""
+    out_h, out_w = spec.input_hw
+    if spec.resize == Resize.LETTERBOX:
+        resized, scale = letterbox(image_hwc, (out_h, out_w), spec.pad_value)
+        return resized, (scale, scale)
+    h, w = image_hwc.shape[:2]
+    if (h, w) != (out_h, out_w):
+        image_hwc = cv2.resize(image_hwc, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    return image_hwc, (out_w / w, out_h / h)
+
+
+def to_input(images_hwc_rgb: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Stack already-resized RGB uint8 images into the model's float32 input batch.
+
+    Args:
+        images_hwc_rgb: N images (or an (N, H, W, 3) array) of exactly the spec's input size.
+        spec: the model's input contract.
+
+    Returns:
+        (N, C, H, W) or (N, H, W, C) float32, in the spec's colour order, `(pixel - mean) / std`.
+    """
+    batch = np.stack([np.asarray(im) for im in images_hwc_rgb]).astype(np.float32)  # (N, H, W, 3) RGB
+    if batch.shape[1:3] != spec.input_hw:
+        raise InputError(f"input images are {batch.shape[1:3]}, the model expects {spec.input_hw}")
+    if spec.color == Color.BGR:
+        batch = batch[..., ::-1]
+    batch = (batch - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    if spec.layout == Layout.NCHW:
+        batch = batch.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def estimate_similarity(src_xy: np.ndarray, dst_xy: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform (rotation, uniform scale, translation) mapping src onto dst (Umeyama).
+
+    Args:
+        src_xy: (N, 2) points, N >= 2.
+        dst_xy: (N, 2) points.
+
+    Returns:
+        (2, 3) float64 affine matrix M with dst ~= M @ [x, y, 1].
+    """
+    src = np.asarray(src_xy, np.float64)
+    dst = np.asarray(dst_xy, np.float64)
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / len(src)  # (2, 2)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:  # forbid reflections
+        sign[1, 1] = -1
+    rotation = u @ sign @ vt
+    src_var = (src_c ** 2).sum() / len(src)
+    scale = np.trace(np.diag(d) @ sign) / src_var if src_var > 0 else 1.0
+    translation = dst_mean - scale * rotation @ src_mean
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
+def align_face(image_hwc: np.ndarray, keypoints_xy: np.ndarray, template_xy: np.ndarray, chip_size: int) -> np.ndarray:
+    """Warp the face whose keypoints are `keypoints_xy` so they land on `template_xy` in a square chip.
+
+    Args:
+        image_hwc: uint8 source image.
+        keypoints_xy: (N, 2) keypoints in source pixels, same order as `template_xy`.
+        template_xy: (N, 2) target positions in chip pixels.
+        chip_size: side of the output chip.
+
+    Returns:
+        (chip_size, chip_size, C) uint8 chip.
+    """
+    matrix = estimate_similarity(keypoints_xy, template_xy)
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    source = image_hwc
+    # Shrinking by more than 2x with one bilinear warp aliases; pre-blur by halving first, as an image pyramid would.
+    while scale < 0.5 and min(source.shape[:2]) > 2 * chip_size:
+        source = cv2.pyrDown(source)
+        matrix = matrix @ np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])  # pixel x' of the half image is 2x'+0.5
+        scale *= 2
+    return cv2.warpAffine(source, matrix, (chip_size, chip_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -1,0 +1,82 @@
+"""Open an edgepipe ONNX artifact with onnxruntime and its self-described contract: `load(path) -> Model`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pipeline.runtime.errors import ArtifactError
+from pipeline.runtime.specs import ArtifactMeta
+
+__all__ = ["load", "Model"]
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "edgepipe"  # key of the JSON contract in the ONNX file's metadata_props
+
+
+@dataclass
+class Model:
+    """An inference session plus the artifact's contract."""
+
+    path: Path
+    meta: ArtifactMeta
+    session: ort.InferenceSession
+    providers: list[str] = field(default_factory=list)
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run one preprocessed batch; returns the outputs in the order the head names them."""
+        return self.session.run(list(self.output_names), {self.meta.input_name: batch})
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(self.meta.head.outputs)
+
+
+def load(
+    path: str | Path,
+    *,
+    providers: list | None = None,
+    intra_op_threads: int = 0,
+) -> Model:
+    """Open an artifact and validate its edgepipe contract.
+
+    Args:
+        path: an ONNX file written by edgepipe.
+        providers: onnxruntime providers (default: CPU only).
+        intra_op_threads: onnxruntime intra-op threads; 0 lets onnxruntime choose.
+
+    Returns:
+        A `Model` whose `meta` says how to pre- and post-process.
+
+    Raises:
+        ArtifactError: the file is missing, not ONNX, has no or an incompatible edgepipe contract, or its
+            inputs/outputs do not match the contract.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such artifact file")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options,
+                                       providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own untyped errors for corrupt or invalid files
+        raise ArtifactError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ArtifactError(f"{path}: has no edgepipe metadata (key {METADATA_KEY!r}); export it with `edgepipe export`")
+    meta = ArtifactMeta.from_json(props[METADATA_KEY])
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = {o.name for o in session.get_outputs()}
+    if inputs != [meta.input_name]:
+        raise ArtifactError(f"{path}: graph inputs {inputs} do not match the contract's {[meta.input_name]}")
+    missing = [name for name in meta.head.outputs if name not in outputs]
+    if missing:
+        raise ArtifactError(f"{path}: graph lacks the outputs {missing} its contract names")
+    return Model(path=path, meta=meta, session=session, providers=session.get_providers())

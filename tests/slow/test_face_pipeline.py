@@ -1,0 +1,101 @@
+"""The face path on real weights and real photos: verification accuracy, enroll/identify, bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.errors import ArtifactError
+from pipeline.evaluate import evaluate
+from pipeline.runtime import FaceDetector, load, read_image
+
+pytestmark = pytest.mark.slow
+
+
+def test_lfw_verification_accuracy(artifacts, shared_data, tmp_path):
+    out = tmp_path / "lfw.json"
+    code = main(["eval", str(artifacts["dlib_resnet29.facerec"]), "--data", str(shared_data / "lfw_10ids"),
+                 "--detector", str(artifacts["blazeface_back.mediapipe"]), "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["task"] == "face_verification" and report["n_pairs"] == 900
+    assert report["metrics"]["accuracy"] >= 0.99, report
+
+
+def test_blazeface_finds_every_face_in_the_group_photo(artifacts, shared_data):
+    image = read_image(shared_data / "group_photos" / "group5.jpg")
+    faces = FaceDetector.from_path(artifacts["blazeface_back.mediapipe"]).detect(image)
+    assert len(faces) == 5
+    for face in faces:  # the eyes sit in the upper half of the box, right eye (image left) first
+        x1, y1, x2, y2 = face.box_xyxy
+        eyes = face.keypoints_xy[:2]
+        assert (eyes[:, 1] < (y1 + y2) / 2).all() and eyes[0, 0] < eyes[1, 0]
+
+
+def _faces(args):
+    return main(["faces", *args])
+
+
+def test_enroll_then_identify(artifacts, shared_data, tmp_path, capsys):
+    lfw = shared_data / "lfw_10ids" / "images"
+    gallery = tmp_path / "people.json"
+    models = ["--detector", str(artifacts["blazeface_back.mediapipe"]),
+              "--embedder", str(artifacts["dlib_resnet29.facerec"])]
+    for person in ("Tony_Blair", "Colin_Powell"):
+        images = [str(lfw / person / f"{person}_{i:04d}.jpg") for i in (1, 2, 3)]
+        assert _faces(["enroll", str(gallery), person, *images, *models]) == 0
+    capsys.readouterr()
+    annotated = tmp_path / "out.jpg"
+    for person in ("Tony_Blair", "Colin_Powell"):
+        assert _faces(["identify", str(gallery), str(lfw / person / f"{person}_0009.jpg"), "--out", str(annotated),
+                       *models]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first.startswith(person), first
+    assert read_image(annotated).shape == (250, 250, 3)
+    assert _faces(["identify", str(gallery), str(lfw / "Hugo_Chavez" / "Hugo_Chavez_0001.jpg"), *models]) == 0
+    assert capsys.readouterr().out.startswith("unknown")
+
+
+def _one_line_error(capsys, code, needle):
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(artifacts, shared_data, tmp_path, capsys):
+    models = ["--detector", str(artifacts["blazeface_back.mediapipe"]),
+              "--embedder", str(artifacts["dlib_resnet29.facerec"])]
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(b"")
+    import cv2
+
+    cv2.imwrite(str(blank), np.full((300, 300, 3), 128, np.uint8))
+    gallery = tmp_path / "g.json"
+    _one_line_error(capsys, _faces(["enroll", str(gallery), "x", str(blank), *models]), f"no face found in {blank}")
+    assert not gallery.exists()
+    text = tmp_path / "notes.jpg"
+    text.write_text("hello")
+    _one_line_error(capsys, _faces(["enroll", str(gallery), "x", str(text), *models]), "not a readable image")
+    gallery.write_text("{broken")
+    _one_line_error(capsys, _faces(["identify", str(gallery), str(blank), *models]), "corrupt gallery file")
+    _one_line_error(capsys, main(["export", "dlib_resnet29.facerecc", "--out", str(tmp_path)]),
+                    "did you mean 'dlib_resnet29.facerec'?")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    face = str(shared_data / "lfw_10ids" / "images" / "Tony_Blair" / "Tony_Blair_0001.jpg")
+    _one_line_error(capsys, _faces(["enroll", str(blocker / "g.json"), "x", face, *models]), "cannot write")
+
+
+def test_truncated_artifact_is_an_artifact_error(artifacts, tmp_path):
+    data = artifacts["blazeface_front.mediapipe"].read_bytes()
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="not a loadable ONNX model"):
+        load(broken)
+
+
+def test_cli_help_runs_in_a_fresh_interpreter():
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "build" in result.stdout and "faces" in result.stdout

@@ -1,0 +1,65 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.runtime import FaceGallery
+
+
+def _gallery():
+    gallery = FaceGallery("dlib_resnet29.facerec", "euclidean", 0.6)
+    gallery.enroll("ada", np.array([[0.0, 0.0], [0.1, 0.0]]))
+    gallery.enroll("bob", np.array([1.0, 1.0]))
+    return gallery
+
+
+def test_identify_names_known_faces_and_reports_unknown_ones():
+    matches = _gallery().identify(np.array([[0.05, 0.0], [1.0, 1.2], [5.0, 5.0]]))
+    assert [m.name for m in matches] == ["ada", "bob", None]
+    assert matches[0].distance == pytest.approx(0.05) and matches[2].nearest == "bob"
+    assert _gallery().identify(np.array([[1.0, 1.2]]), threshold=0.1)[0].name is None
+
+
+def test_save_load_round_trip_without_pickle(tmp_path):
+    path = _gallery().save(tmp_path / "g.json")
+    body = json.loads(path.read_text())
+    assert body["format"] == "edgepipe-face-gallery" and sorted(body["people"]) == ["ada", "bob"]
+    loaded = FaceGallery.load(path)
+    assert loaded.names == ["ada", "bob"] and loaded.count("ada") == 2 and loaded.threshold == 0.6
+
+
+def test_remove_and_rename():
+    gallery = _gallery()
+    gallery.rename("bob", "robert")
+    gallery.remove("ada")
+    assert gallery.names == ["robert"]
+    with pytest.raises(InputError, match="no person 'ada'"):
+        gallery.remove("ada")
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "corrupt gallery file"),
+    ('{"format": "something-else"}', "not an edgepipe face gallery"),
+    ('{"format": "edgepipe-face-gallery", "version": 1, "model": "m", "metric": "euclidean", "threshold": 0.6,'
+     ' "people": {"a": [[1, 2], [3]]}}', "corrupt gallery file"),
+    ('{"format": "edgepipe-face-gallery", "version": 7}', "version 7"),
+])
+def test_corrupt_gallery_is_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "g.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match=message):
+        FaceGallery.load(path)
+
+
+def test_unwritable_directory_leaves_nothing(tmp_path):
+    if os.geteuid() == 0:  # root ignores permission bits; a path under a regular file is unwritable for anyone
+        target = tmp_path / "file" / "g.json"
+        (tmp_path / "file").write_text("")
+    else:
+        (tmp_path / "ro").mkdir(mode=0o500)
+        target = tmp_path / "ro" / "g.json"
+    with pytest.raises(InputError, match="cannot write"):
+        _gallery().save(target)
+    assert not target.exists()

@@ -1,0 +1,36 @@
+"""The runtime a device embeds must never pull in torch, the model zoo, or the build-side pipeline."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+RUNTIME = Path(__file__).resolve().parents[2] / "pipeline" / "runtime"
+ALLOWED_ROOTS = {"numpy", "onnxruntime", "cv2", "pipeline"}
+
+
+def test_runtime_never_imports_torch_or_models():
+    code = ("import sys, pipeline.runtime, pipeline.runtime.draw; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'onnx')"
+            " or (m.startswith('pipeline.') and not m.startswith('pipeline.runtime'))]; "
+            "sys.exit(str(bad) if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_runtime_sources_import_only_allowed_modules():
+    stdlib = set(sys.stdlib_module_names)
+    for path in RUNTIME.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                root = name.split(".")[0]
+                assert root in stdlib or root in ALLOWED_ROOTS, f"{path.name} imports {name}"
+                if root == "pipeline":
+                    assert name.startswith("pipeline.runtime"), f"{path.name} imports {name} outside the runtime"
