@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from pipeline.errors import InputError, SpecError
 from pipeline.runtime import FaceDetector, FaceEmbedder, load
-from pipeline.runtime.faces import Face, face_chip
+from pipeline.runtime.faces import face_chip, nearest_face
 from pipeline.runtime.postprocess import embedding_distance
 from pipeline.runtime.preprocess import read_image
 from pipeline.runtime.specs import EmbeddingHead
@@ -111,27 +111,21 @@ def read_lfw_pairs(data_dir: Path) -> tuple[int, list[tuple[Path, Path, bool]]]:
     return n_folds, pairs
 
 
-def _central_face(faces: list[Face], image_hw: tuple[int, int]) -> Face | None:
-    """The face LFW is about: the detection nearest the image centre (LFW crops are centred on it)."""
-    if not faces:
-        return None
-    centre = np.array([image_hw[1], image_hw[0]]) / 2
-    return min(faces, key=lambda f: np.linalg.norm((f.box_xyxy[:2] + f.box_xyxy[2:]) / 2 - centre))
-
-
 def _face_verification(embedder: FaceEmbedder, detector: FaceDetector, data_dir: Path, progress: bool) -> EvalReport:
     n_folds, pairs = read_lfw_pairs(data_dir)
     images = sorted({p for pair in pairs for p in pair[:2]})
     embeddings, no_face = {}, []
     for path in tqdm(images, desc="embedding", unit="img", disable=not progress):
         image = read_image(path)
-        face = _central_face(detector.detect(image), image.shape[:2])
+        centre = np.array([image.shape[1], image.shape[0]]) / 2  # LFW photos are centred on the face they are about
+        face = nearest_face(detector.detect(image), centre)
         if face is None:
             # Keep the pair in the protocol: fall back to the lowest-threshold detection, then count it.
-            face = _central_face(detector.detect(image, score_thresh=0.05), image.shape[:2])
+            face = nearest_face(detector.detect(image, score_thresh=0.05), centre)
             no_face.append(path.name)
         if face is None:
             raise InputError(f"no face found in {path}")
+        face = detector.refine(image, face)
         embeddings[path] = embedder.embed_chips([face_chip(image, face, embedder.head)])[0]
     distances = np.array([embedding_distance(embeddings[a], embeddings[b], embedder.head.metric)[0, 0]
                           for a, b, _ in pairs])

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from pipeline.runtime.atomic import atomic_write
@@ -93,8 +94,16 @@ def _require_task(model: Model, head_type: type, what: str) -> None:
         raise ArtifactError(f"{model.path}: is a {model.meta.task.value} model ({model.meta.model_name}), not a {what}")
 
 
+def nearest_face(faces: list[Face], centre_xy: np.ndarray) -> Face | None:
+    """The face whose box centre is nearest `centre_xy` (None if there are none)."""
+    if not faces:
+        return None
+    return min(faces, key=lambda f: float(np.linalg.norm((f.box_xyxy[:2] + f.box_xyxy[2:]) / 2 - centre_xy)))
+
+
 class FaceDetector:
-    """BlazeFace-style detector: `detect(image_rgb) -> list[Face]`, best score first."""
+    """BlazeFace-style detector: `detect(image_rgb) -> list[Face]`, best score first; `refine(image, face)` re-measures
+    one face's keypoints for alignment."""
 
     def __init__(self, model: Model):
         _require_task(model, BlazeFaceHead, "face detector")
@@ -108,6 +117,33 @@ class FaceDetector:
         batch, scale_xy = detector_input(image_rgb, self.model.meta)
         scores, regressors = self.model.run(batch)
         return faces_from_outputs(scores[0], regressors[0], self.model.meta, scale_xy, image_rgb.shape[:2], score_thresh)
+
+    def refine(self, image_rgb: np.ndarray, face: Face) -> Face:
+        """The same face with keypoints re-detected in a crop `refine_crop_scale` box widths wide around it.
+
+        Measured on photos (keypoint spread under small shifts of the crop, in eye distances): a face ~1/4 of the
+        input wide gives the steadiest keypoints, steadier than a face that fills a whole 250 px photo. Returns the
+        face unchanged if refinement is off or the face is lost in the crop.
+        """
+        head: BlazeFaceHead = self.model.meta.head  # type: ignore[assignment]
+        if head.refine_crop_scale <= 0:
+            return face
+        in_h, in_w = self.model.meta.input.input_hw
+        centre = (face.box_xyxy[:2] + face.box_xyxy[2:]) / 2
+        side = float(max(face.box_xyxy[2] - face.box_xyxy[0], face.box_xyxy[3] - face.box_xyxy[1])) * head.refine_crop_scale
+        if side < 1:
+            return face
+        scale = np.array([in_w / side, in_h / side])
+        offset = (centre - side / 2) * scale  # image -> crop: p * scale - offset
+        matrix = np.array([[scale[0], 0, -offset[0]], [0, scale[1], -offset[1]]])
+        crop = cv2.warpAffine(image_rgb, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        scores, regressors = self.model.run(to_input([crop], self.model.meta.input))
+        found = faces_from_outputs(scores[0], regressors[0], self.model.meta, (1.0, 1.0), (in_h, in_w))
+        best = nearest_face(found, np.array([in_w, in_h]) / 2)
+        if best is None:
+            return face
+        keypoints = ((best.keypoints_xy + offset) / scale).astype(np.float32)
+        return Face(face.box_xyxy, face.score, keypoints, face.keypoint_names)
 
 
 class FaceEmbedder:
@@ -240,12 +276,12 @@ class FaceRecognizer:
         faces = self.detector.detect(image_rgb)
         if not faces:
             raise InputError(f"no face found in {source}")
-        face = max(faces, key=lambda f: f.area)
+        face = self.detector.refine(image_rgb, max(faces, key=lambda f: f.area))
         self.gallery.enroll(name, self.embedder.embed(image_rgb, [face]))
         return face
 
     def identify(self, image_rgb: np.ndarray, threshold: float | None = None) -> list[tuple[Face, Match]]:
         """Every face in the image with who it is (name None = unknown), best detection first."""
-        faces = self.detector.detect(image_rgb)
+        faces = [self.detector.refine(image_rgb, face) for face in self.detector.detect(image_rgb)]
         matches = self.gallery.identify(self.embedder.embed(image_rgb, faces), threshold) if faces else []
         return list(zip(faces, matches))

@@ -91,6 +91,9 @@ class BlazeFaceHead:
     score_thresh: float = 0.5  # after sigmoid
     nms_iou: float = 0.3
     score_clip: float = 100.0  # logits are clipped to +-this before the sigmoid, as MediaPipe does
+    # Keypoints for alignment are re-measured in a square crop this many face-box widths wide, where the face fills
+    # the input at the scale the keypoints are most stable (0 disables the second pass).
+    refine_crop_scale: float = 4.0
     outputs: tuple[str, str] = ("scores", "regressors")  # (B, A, 1) logits, (B, A, 4 + 2K)
     kind: str = "blazeface"
 

