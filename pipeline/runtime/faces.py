@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.runtime.atomic import atomic_write
 from pipeline.runtime.errors import ArtifactError, InputError
 from pipeline.runtime.postprocess import blazeface_anchors, decode_blazeface, embedding_distance, nms
-from pipeline.runtime.preprocess import align_face, resize_to_input, to_input
+from pipeline.runtime.preprocess import align_face, prepare, to_input
 from pipeline.runtime.session import Model, load
 from pipeline.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead
 
@@ -51,8 +51,7 @@ class Match:
 
 def detector_input(image_rgb: np.ndarray, meta: ArtifactMeta) -> tuple[np.ndarray, tuple[float, float]]:
     """Preprocess one RGB image for a face detector: ((1, ...) float32 batch, (scale_x, scale_y))."""
-    resized, scale_xy = resize_to_input(image_rgb, meta.input)
-    return to_input([resized], meta.input), scale_xy
+    return prepare(image_rgb, meta.input)
 
 
 def faces_from_outputs(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.runtime.specs import BlazeFaceHead
+from pipeline.runtime.specs import BlazeFaceHead, GFLHead
 
 __all__ = ["decode_blazeface", "nms", "embedding_distance"]
 
@@ -100,3 +100,58 @@ def embedding_distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
         return 1.0 - l2_normalize(a) @ l2_normalize(b).T
     squared = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T
     return np.sqrt(np.clip(squared, 0, None))
+
+
+def gfl_centres(head: GFLHead, input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Cell centres (N, 2) xy in input pixels and their strides (N,), in the head's row order."""
+    in_h, in_w = input_hw
+    centres, strides = [], []
+    for stride in head.strides:
+        rows, cols = -(-in_h // stride), -(-in_w // stride)
+        ys, xs = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        centres.append((np.stack([xs, ys], -1).reshape(-1, 2) + head.cell_offset) * stride)
+        strides.append(np.full(rows * cols, stride))
+    return np.concatenate(centres).astype(np.float32), np.concatenate(strides).astype(np.float32)
+
+
+def decode_gfl(distributions: np.ndarray, centres: np.ndarray, strides: np.ndarray, reg_max: int) -> np.ndarray:
+    """Box distributions (N, 4 * (reg_max + 1)) logits -> boxes (N, 4) xyxy in input pixels.
+
+    Each side's distance is the expectation of a softmax over bins 0..reg_max, times the stride, from the centre.
+    """
+    logits = distributions.reshape(-1, 4, reg_max + 1).astype(np.float32)
+    logits = logits - logits.max(-1, keepdims=True)
+    prob = np.exp(logits)
+    prob /= prob.sum(-1, keepdims=True)
+    distance = (prob @ np.arange(reg_max + 1, dtype=np.float32)) * strides[:, None]  # (N, 4) left, top, right, bottom
+    return np.concatenate([centres - distance[:, :2], centres + distance[:, 2:]], 1)
+
+
+def multiclass_nms(boxes: np.ndarray, scores: np.ndarray, score_thresh: float, iou_thresh: float,
+                   max_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class-wise greedy NMS with ONNX NonMaxSuppression's semantics, then the best `max_out` overall.
+
+    Args:
+        boxes: (N, 4) xyxy. scores: (N, C). score_thresh: keep scores > this. iou_thresh: suppress IoU > this.
+        max_out: at most this many per class, then per image.
+
+    Returns:
+        (anchor indices (K,), class ids (K,), scores (K,)), best score first.
+    """
+    anchors, classes = np.nonzero(scores > score_thresh)
+    kept_anchor, kept_class = [], []
+    for c in np.unique(classes):
+        rows = anchors[classes == c]
+        keep = nms(boxes[rows], scores[rows, c], iou_thresh, max_out)
+        kept_anchor.append(rows[keep])
+        kept_class.append(np.full(len(keep), c))
+    if not kept_anchor:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    anchor, cls = np.concatenate(kept_anchor), np.concatenate(kept_class)
+    return top_k(anchor, cls, scores[anchor, cls], max_out)
+
+
+def top_k(anchor: np.ndarray, cls: np.ndarray, score: np.ndarray, k: int):
+    """The k best (anchor, class, score) triples, best first (stable on ties)."""
+    order = np.argsort(-score, kind="stable")[:k]
+    return anchor[order].astype(np.int64), cls[order].astype(np.int64), score[order].astype(np.float32)

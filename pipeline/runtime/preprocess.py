@@ -138,3 +138,9 @@ def align_face(image_hwc: np.ndarray, keypoints_xy: np.ndarray, template_xy: np.
         matrix = matrix @ np.array([[2.0, 0, 0.5], [0, 2.0, 0.5], [0, 0, 1]])  # pixel x' of the half image is 2x'+0.5
         scale *= 2
     return cv2.warpAffine(source, matrix, (chip_size, chip_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def prepare(image_rgb: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, tuple[float, float]]:
+    """One RGB image -> ((1, ...) float32 model input, (scale_x, scale_y) from source to input pixels)."""
+    resized, scale_xy = resize_to_input(image_rgb, spec)
+    return to_input([resized], spec), scale_xy

@@ -124,8 +124,32 @@ class EmbeddingHead:
         _check(len(self.template) == 0 or len(self.template) >= 2, "template needs >= 2 points to fit a transform")
 
 
-Head = Union[BlazeFaceHead, EmbeddingHead]
-_HEADS = {"blazeface": BlazeFaceHead, "embedding": EmbeddingHead}
+@dataclass(frozen=True)
+class GFLHead:
+    """NanoDet/GFL dense head: per cell, class scores (after sigmoid) and 4 side distances as distributions over
+    `reg_max + 1` bins, measured from the cell centre in units of the stride."""
+
+    strides: tuple[int, ...] = (8, 16, 32)  # one grid per stride, rows ordered by stride then row-major
+    reg_max: int = 10  # bins 0..reg_max
+    cell_offset: float = 0.5  # distances start at ((col + offset) * stride, (row + offset) * stride)
+    score_thresh: float = 0.35  # what apps show; evaluation passes 0.05
+    nms_iou: float = 0.6  # class-wise
+    max_per_image: int = 100
+    # "dense": outputs are (scores (B, N, C), distributions (B, N, 4 * (reg_max + 1))), decoded and NMS-ed in numpy.
+    # "nms": the graph decodes and runs ONNX NonMaxSuppression; outputs are (selected (K, 3) as [batch, class,
+    # anchor], boxes (K, 4) xyxy in input pixels, scores (K,)), and only the per-image cap is left to numpy.
+    mode: str = "dense"
+    outputs: tuple[str, ...] = ("scores", "distributions")
+    kind: str = "gfl"
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("dense", "nms"), f"GFLHead.mode must be 'dense' or 'nms', got {self.mode!r}")
+        _check(self.reg_max > 0 and len(self.strides) > 0, f"bad GFL head: reg_max={self.reg_max}, strides={self.strides}")
+        _check(0.0 < self.nms_iou <= 1.0, f"nms_iou must be in (0, 1], got {self.nms_iou}")
+
+
+Head = Union[BlazeFaceHead, EmbeddingHead, GFLHead]
+_HEADS = {"blazeface": BlazeFaceHead, "embedding": EmbeddingHead, "gfl": GFLHead}
 
 
 @dataclass(frozen=True)

@@ -99,3 +99,14 @@ def test_truncated_artifact_is_an_artifact_error(artifacts, tmp_path):
 def test_cli_help_runs_in_a_fresh_interpreter():
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "build" in result.stdout and "faces" in result.stdout
+
+
+def test_onnx_without_our_metadata_is_refused(artifacts, tmp_path):
+    import onnx
+
+    proto = onnx.load(str(artifacts["blazeface_front.mediapipe"]))
+    del proto.metadata_props[:]
+    plain = tmp_path / "plain.onnx"
+    onnx.save(proto, str(plain))
+    with pytest.raises(ArtifactError, match="has no edgepipe metadata"):
+        load(plain)
