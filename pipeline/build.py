@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from models import get_spec, list_models
-from pipeline.benchmark import time_face_pipeline
+from pipeline.benchmark import time_detector, time_face_pipeline
 from pipeline.evaluate import detect_layout, evaluate
 from pipeline.export import PARITY_DETECTOR, Artifact, export_onnx
 from pipeline.runtime.atomic import atomic_write
@@ -22,7 +22,7 @@ __all__ = ["build_models"]
 
 log = logging.getLogger(__name__)
 
-_LAYOUT_TASK = {"lfw": Task.FACE_EMBEDDING}
+_LAYOUT_TASK = {"lfw": Task.FACE_EMBEDDING, "coco": Task.DETECTION, "widerface": Task.FACE_DETECTION}
 
 
 def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Path, ...] = (),
@@ -33,7 +33,8 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
     Args:
         names: zoo keys (default: every model).
         out_dir: where `NAME.fp32.onnx/.json` go.
-        data_dirs: evaluation folders; each is used for the models whose task fits its layout.
+        data_dirs: evaluation folders (LFW, COCO or WIDER FACE layout); each is used for the models whose task
+            fits its layout.
         cache_dir: weight and sample cache root.
         progress: show progress on stderr.
     """
@@ -50,10 +51,12 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
             if artifact.meta.task == _LAYOUT_TASK.get(layout):
                 report = evaluate(artifact.onnx_path, data_dir, detector=detector, progress=progress)
                 artifact.figures.setdefault("evaluations", {})[data_dir.name] = json.loads(report.to_json())
-    embedders = [a for a in artifacts.values() if a.meta.task == Task.FACE_EMBEDDING]
-    if embedders and detector is not None:
-        photos = [read_image(p) for p in sample_images(cache_dir)]
-        embedders[0].figures["face_pipeline_latency"] = time_face_pipeline(detector, embedders[0].onnx_path, photos)
+    photos = [read_image(p) for p in sample_images(cache_dir)]
+    for artifact in artifacts.values():
+        if artifact.meta.task == Task.FACE_EMBEDDING and detector is not None:
+            artifact.figures["face_pipeline_latency"] = time_face_pipeline(detector, artifact.onnx_path, photos)
+        elif artifact.meta.task in (Task.DETECTION, Task.FACE_DETECTION):
+            artifact.figures["detector_latency"] = time_detector(artifact.onnx_path, photos)
     for artifact in artifacts.values():
         atomic_write(artifact.json_path, json.dumps(artifact.figures, indent=1).encode())
     return [_row(a) for a in artifacts.values()]
@@ -80,11 +83,13 @@ def _row(artifact: Artifact) -> dict:
         row["decoded_parity"] = f"{parity['n_faces_torch']} faces, box {parity['box_max_abs_diff_px']:.2g} px"
     if "cosine_min" in parity:
         row["decoded_parity"] = f"{parity['n_chips']} chips, cos {parity['cosine_min']:.6f}"
-    for data_name, report in figures.get("evaluations", {}).items():
-        metric, value = next(iter(report["metrics"].items()))
-        row["metric"] = f"{report['task']} {metric} {value:.4f} ({data_name})"
+    row["metric"] = "; ".join(f"{next(iter(r['metrics']))} {next(iter(r['metrics'].values())):.4f} ({name})"
+                              for name, r in figures.get("evaluations", {}).items()) or None
     latency = figures.get("face_pipeline_latency")
     if latency:
         row["latency"] = f"cold {latency['cold_start_ms']:.0f} ms, {latency['per_face_ms_p50']} ms/face"
+    latency = figures.get("detector_latency")
+    if latency:
+        row["latency"] = f"cold {latency['cold_start_ms']:.0f} ms, {latency['image_ms_p50']} ms/image"
     row["onnx"] = str(artifact.onnx_path)
     return row

@@ -1,8 +1,10 @@
 """Task metrics of an ONNX artifact on a real data set, through the torch-free runtime:
-`evaluate(artifact, data_dir) -> EvalReport`. Face verification on an LFW-layout folder for now."""
+`evaluate(artifact, data_dir) -> EvalReport`: face verification (LFW layout), object detection (COCO layout,
+scored by pycocotools) and face detection (WIDER FACE layout, AP@0.5)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -12,11 +14,13 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.errors import InputError, SpecError
-from pipeline.runtime import FaceDetector, FaceEmbedder, load
+from pipeline.metrics.coco import coco_map, read_coco
+from pipeline.metrics.widerface import read_widerface_gt, widerface_ap
+from pipeline.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
 from pipeline.runtime.faces import face_chip, nearest_face
 from pipeline.runtime.postprocess import embedding_distance
 from pipeline.runtime.preprocess import read_image
-from pipeline.runtime.specs import EmbeddingHead
+from pipeline.runtime.specs import BlazeFaceHead, EmbeddingHead, GFLHead
 
 __all__ = ["evaluate", "EvalReport", "detect_layout"]
 
@@ -40,24 +44,38 @@ class EvalReport:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None}, indent=1)
 
 
+_LAYOUTS = {  # marker file next to images/ -> layout
+    "pairs.txt": "lfw",  # images/<Name>/<Name>_<NNNN>.jpg: face verification
+    "instances.json": "coco",  # images/*.jpg: object detection
+    "gt.txt": "widerface",  # images/<event>/*.jpg, official bbx_gt layout: face detection
+}
+EVAL_SCORE_FLOOR = 0.05  # detections below this score are not scored (the reference figures' protocol)
+
+
 def detect_layout(data_dir: Path) -> str:
-    """Name the layout of a data folder: 'lfw' (images/ + pairs.txt). Raises InputError if none fits."""
+    """Name the layout of a data folder: 'lfw', 'coco' or 'widerface'. Raises InputError if none fits."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise InputError(f"{data_dir}: no such data directory")
-    if (data_dir / "pairs.txt").is_file() and (data_dir / "images").is_dir():
-        return "lfw"
-    raise InputError(f"{data_dir}: unknown data layout; expected an LFW folder (images/<Name>/<Name>_<NNNN>.jpg + pairs.txt)")
+    for marker, layout in _LAYOUTS.items():
+        if (data_dir / marker).is_file() and (data_dir / "images").is_dir():
+            return layout
+    raise InputError(f"{data_dir}: unknown data layout; expected images/ plus one of {', '.join(_LAYOUTS)} "
+                     "(LFW pairs, COCO instances, WIDER FACE ground truth)")
 
 
 def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path | None = None,
-             progress: bool = True) -> EvalReport:
+             interpolation: str | None = None, reference: bool = False, progress: bool = True) -> EvalReport:
     """Evaluate an artifact on a data folder whose layout matches its task.
 
     Args:
         artifact: an edgepipe ONNX file.
         data_dir: the data set folder (see `detect_layout`).
         detector: face-detector artifact used to find and align faces for an embedder.
+        interpolation: override the artifact's resize interpolation (e.g. "nearest", to reproduce a reference
+            runner that resized that way).
+        reference: evaluate the source PyTorch model the artifact was exported from (the zoo weights), through the
+            same runtime pre- and post-processing, instead of the ONNX file.
         progress: show a progress bar on stderr.
 
     Returns:
@@ -70,6 +88,11 @@ def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
     model = load(artifact)
+    if reference:
+        model = _torch_reference(model)
+    if interpolation is not None:
+        model = dataclasses.replace(model, meta=dataclasses.replace(
+            model.meta, input=dataclasses.replace(model.meta.input, interpolation=interpolation)))
     if layout == "lfw":
         if not isinstance(model.meta.head, EmbeddingHead):
             raise SpecError(f"{artifact}: a {model.meta.task.value} model cannot be evaluated on LFW pairs; "
@@ -77,7 +100,80 @@ def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path
         if detector is None:
             raise SpecError("face verification needs --detector, the face detector artifact that aligns faces")
         return _face_verification(FaceEmbedder(model), FaceDetector.from_path(detector), data_dir, progress)
-    raise InputError(f"{data_dir}: layout {layout!r} is not supported yet")
+    if layout == "coco":
+        if not isinstance(model.meta.head, GFLHead):
+            raise SpecError(f"{artifact}: a {model.meta.task.value} model cannot be scored on COCO boxes; "
+                            "pass an object detector")
+        return _coco_detection(ObjectDetector(model), data_dir, progress)
+    if isinstance(model.meta.head, BlazeFaceHead):
+        return _face_detection(FaceDetector(model), data_dir, progress)
+    if isinstance(model.meta.head, GFLHead) and "face" in model.meta.labels:
+        return _face_detection(ObjectDetector(model), data_dir, progress)
+    raise SpecError(f"{artifact}: WIDER FACE needs a face detector (or a box detector with a 'face' label); "
+                    f"this is {model.meta.model_name} with labels {list(model.meta.labels)[:5]}")
+
+
+def _precision(model) -> str:
+    """The artifact's precision, or 'torch' when the PyTorch reference ran."""
+    return getattr(model, "precision_label", None) or model.meta.precision.value
+
+
+def _torch_reference(model):
+    """The zoo PyTorch model behind `model`'s artifact, wrapped to run like an onnxruntime session."""
+    from models import build
+    from pipeline.parity import TorchModel
+
+    meta = model.meta
+    if isinstance(meta.head, GFLHead) and meta.head.mode == "nms":  # the source module gives the dense outputs
+        meta = dataclasses.replace(meta, head=dataclasses.replace(meta.head, mode="dense",
+                                                                  outputs=("scores", "distributions")))
+    return TorchModel(model.path, meta, build(meta.model_name))
+
+
+def _boxes_scores(detector, image) -> tuple[np.ndarray, np.ndarray]:
+    """Face boxes (M, 4) and scores (M,) from a face detector or a box detector's 'face' class."""
+    if isinstance(detector, FaceDetector):
+        found = detector.detect(image, score_thresh=EVAL_SCORE_FLOOR)
+    else:
+        found = detector.detect(image, score_thresh=EVAL_SCORE_FLOOR, classes={"face"})
+    boxes = np.array([f.box_xyxy for f in found], np.float32).reshape(-1, 4)
+    return boxes, np.array([f.score for f in found], np.float32)
+
+
+def _face_detection(detector, data_dir: Path, progress: bool) -> EvalReport:
+    gt = read_widerface_gt(data_dir)
+    detections = {}
+    for entry in tqdm(gt, desc="detecting faces", unit="img", disable=not progress):
+        detections[entry.path] = _boxes_scores(detector, read_image(entry.path))
+    figures = widerface_ap(detections, gt)
+    metrics = {"ap_50": figures.pop("ap_50"), "recall": figures.pop("recall")}
+    meta = detector.model.meta
+    details = {**figures, "score_floor": EVAL_SCORE_FLOOR, "protocol": "VOC all-point AP at IoU 0.5 over faces with "
+               "invalid == 0; detections matching invalid faces ignored"}
+    details["interpolation"] = meta.input.interpolation
+    return EvalReport("face_detection", metrics, str(data_dir), meta.model_name, _precision(detector.model),
+                      n_images=len(gt), details=details)
+
+
+def _coco_detection(detector: ObjectDetector, data_dir: Path, progress: bool) -> EvalReport:
+    coco = read_coco(data_dir)
+    category_of = {name: cid for cid, name in coco.categories.items()}  # our labels -> the data set's ids
+    unmatched = sorted(set(detector.labels) - set(category_of))
+    detections = []
+    for image_id, path, _, _ in tqdm(coco.images, desc="detecting", unit="img", disable=not progress):
+        for det in detector.detect(read_image(path), score_thresh=EVAL_SCORE_FLOOR):
+            if det.label in category_of:
+                x1, y1, x2, y2 = (float(v) for v in det.box_xyxy)
+                detections.append({"image_id": image_id, "category_id": category_of[det.label],
+                                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": det.score})
+    figures = coco_map(coco, detections)
+    metrics = {k: figures[k] for k in ("map_50_95", "map_50", "map_small", "map_medium", "map_large")}
+    meta = detector.model.meta
+    details = {"map_75": figures.get("map_75"), "n_detections": len(detections), "score_floor": EVAL_SCORE_FLOOR,
+               "labels_not_in_data": unmatched, "evaluator": "pycocotools COCOeval (bbox)",
+               "preprocess": meta.input.resize.value, "interpolation": meta.input.interpolation}
+    return EvalReport("detection", metrics, str(data_dir), meta.model_name, _precision(detector.model),
+                      n_images=len(coco.images), details=details)
 
 
 def read_lfw_pairs(data_dir: Path) -> tuple[int, list[tuple[Path, Path, bool]]]:
@@ -140,7 +236,7 @@ def _face_verification(embedder: FaceEmbedder, detector: FaceDetector, data_dir:
                "accuracy_at_model_threshold": float(((distances <= embedder.head.match_thresh) == same).mean()),
                "model_threshold": embedder.head.match_thresh}
     return EvalReport("face_verification", metrics, str(data_dir), embedder.model.meta.model_name,
-                      embedder.model.meta.precision.value, n_pairs=len(pairs), details=details)
+                      _precision(embedder.model), n_pairs=len(pairs), details=details)
 
 
 def _kfold_accuracy(distances: np.ndarray, same: np.ndarray, folds: np.ndarray):

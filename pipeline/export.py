@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -20,11 +21,12 @@ import torch
 import pipeline
 from models import build, get_spec
 from pipeline.errors import ArtifactError, ExportError
+from pipeline.export_nms import NMS_OUTPUTS, GFLDecoded, with_nms
 from pipeline.parity import chips_for_parity, measure_parity
 from pipeline.runtime.atomic import atomic_write
 from pipeline.runtime.preprocess import read_image
 from pipeline.runtime.session import METADATA_KEY
-from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead, Precision
+from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead, GFLHead, Precision
 from pipeline.samples import sample_images
 from pipeline.sources import sha256_file
 from pipeline.specs import ModelSpec
@@ -68,6 +70,7 @@ def export_onnx(
     weights: Path | None = None,
     images: list[Path] | None = None,
     parity_atol: float = 1e-4,
+    nms_in_graph: bool = False,
 ) -> Artifact:
     """Export a zoo model to `out_dir/NAME.fp32.onnx` and measure torch vs ONNX Runtime parity.
 
@@ -79,6 +82,7 @@ def export_onnx(
         weights: a safetensors state dict to export instead of the zoo weights.
         images: real photos for the parity check (default: the package sample photos).
         parity_atol: the largest raw-output difference accepted.
+        nms_in_graph: detectors only: decode boxes and run ONNX NonMaxSuppression inside the graph.
 
     Returns:
         The artifact; its JSON holds size, sha256, parity figures and versions.
@@ -95,7 +99,16 @@ def export_onnx(
     started = time.perf_counter()
     input_name = next(iter(inspect.signature(model.forward).parameters))
     meta = artifact_meta(spec, opset=opset, input_name=input_name)
-    proto = _to_onnx(model, meta, opset)
+    if nms_in_graph:
+        if not isinstance(spec.head, GFLHead):
+            raise ExportError(f"--nms-in-graph needs a box detector; {name} has a {spec.head.kind!r} head")
+        meta = dataclasses.replace(meta, head=dataclasses.replace(spec.head, mode="nms", outputs=NMS_OUTPUTS))
+        decoded = GFLDecoded(model, spec.head, spec.input.input_hw).eval()
+        proto = with_nms(_to_onnx(decoded, meta, opset, output_names=("all_boxes", "all_scores")), meta.head,
+                         meta.head.graph_score_floor)
+    else:
+        proto = _to_onnx(model, meta, opset)
+    proto = _finish(proto, meta)
     export_s = time.perf_counter() - started
     photos = [read_image(p) for p in (images or sample_images(cache_dir))]
     with tempfile.TemporaryDirectory(prefix="edgepipe-export-") as tmp:
@@ -112,7 +125,7 @@ def export_onnx(
     figures = {
         "model": name, "precision": meta.precision.value, "onnx": onnx_path.name,
         "size_mb": round(len(data) / 1e6, 3), "sha256": "", "parity_vs": "torch fp32", "parity": parity,
-        "export": {"opset": opset, "seconds": round(export_s, 2), "dynamic_batch": True},
+        "export": {"opset": opset, "seconds": round(export_s, 2), "dynamic_batch": True, "nms_in_graph": nms_in_graph},
         "versions": _versions(), "meta": json.loads(meta.to_json()),
     }
     atomic_write(onnx_path, data)
@@ -121,14 +134,15 @@ def export_onnx(
     return Artifact(onnx_path, json_path, meta, figures)
 
 
-def _to_onnx(model: torch.nn.Module, meta: ArtifactMeta, opset: int) -> onnx.ModelProto:
-    """Trace with the dynamo exporter, dynamic batch, weights inside; attach the contract; check the graph."""
+def _to_onnx(model: torch.nn.Module, meta: ArtifactMeta, opset: int,
+             output_names: tuple[str, ...] | None = None) -> onnx.ModelProto:
+    """Trace with the dynamo exporter, dynamic batch, weights inside."""
     dummy = torch.zeros((2, *_input_shape(meta)), dtype=torch.float32)
     with tempfile.TemporaryDirectory(prefix="edgepipe-export-") as tmp:
         path = Path(tmp) / "model.onnx"
         try:
             torch.onnx.export(
-                model, (dummy,), str(path), input_names=[meta.input_name], output_names=list(meta.head.outputs),
+                model, (dummy,), str(path), input_names=[meta.input_name], output_names=list(output_names or meta.head.outputs),
                 dynamic_shapes={meta.input_name: {0: torch.export.Dim("batch", min=1, max=1024)}},
                 opset_version=opset, external_data=False, dynamo=True, verbose=False,
             )
@@ -136,6 +150,11 @@ def _to_onnx(model: torch.nn.Module, meta: ArtifactMeta, opset: int) -> onnx.Mod
         except Exception as e:  # the exporter raises many unrelated types; report one line
             raise ExportError(f"{meta.model_name}: torch.onnx.export failed: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:300] if str(e) else ''}") from e
+    return proto
+
+
+def _finish(proto: onnx.ModelProto, meta: ArtifactMeta) -> onnx.ModelProto:
+    """Attach the contract and check the whole graph."""
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, meta.to_json()

@@ -3,17 +3,23 @@ and post-processing: `measure_parity(torch_model, onnx_path, images) -> dict` of
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
 
 from pipeline.runtime import load
 from pipeline.runtime.faces import detector_input, face_chip, faces_from_outputs
+from pipeline.runtime.detection import detections_from_outputs
 from pipeline.runtime.postprocess import box_iou
+from pipeline.runtime.preprocess import prepare
 from pipeline.runtime.preprocess import to_input
-from pipeline.runtime.specs import BlazeFaceHead, EmbeddingHead
+from pipeline.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead, GFLHead
 
-__all__ = ["measure_parity"]
+__all__ = ["measure_parity", "TorchModel"]
 
 LIVE_SCORE = 0.05  # anchors at or above this score are the ones decoding can turn into detections
 
@@ -23,6 +29,20 @@ def _torch_run(model: nn.Module, batch: np.ndarray) -> list[np.ndarray]:
         out = model(torch.from_numpy(batch))
     out = out if isinstance(out, (tuple, list)) else (out,)
     return [o.float().numpy() for o in out]
+
+
+@dataclass
+class TorchModel:
+    """A PyTorch module behind the runtime `Model` interface (`path`, `meta`, `run`), so the runtime's own pre- and
+    post-processing can drive and evaluate the source model exactly as it drives the ONNX artifact."""
+
+    path: Path
+    meta: ArtifactMeta
+    module: nn.Module
+    precision_label: str = "torch"  # what reports call this model's precision
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        return _torch_run(self.module, batch)
 
 
 def measure_parity(torch_model: nn.Module, onnx_path, images_rgb: list[np.ndarray],
@@ -46,6 +66,8 @@ def measure_parity(torch_model: nn.Module, onnx_path, images_rgb: list[np.ndarra
         return _detector_parity(torch_model, model, images_rgb)
     if isinstance(meta.head, EmbeddingHead):
         return _embedder_parity(torch_model, model, chips_rgb or [])
+    if isinstance(meta.head, GFLHead):
+        return _box_detector_parity(torch_model, model, images_rgb)
     raise TypeError(f"no parity check for head {meta.head.kind!r}")
 
 
@@ -101,3 +123,33 @@ def chips_for_parity(detector_torch: nn.Module, detector_meta, images_rgb, head:
         for face in faces_from_outputs(scores[0], regressors[0], detector_meta, scale, image.shape[:2]):
             chips.append(face_chip(image, face, head))
     return chips[:limit]
+
+
+def _box_detector_parity(torch_model, model, images_rgb) -> dict:
+    """Dense graphs: raw scores and distributions; both kinds: the decoded detections at the evaluation floor."""
+    meta = model.meta
+    dense_meta = dataclasses.replace(meta, head=dataclasses.replace(meta.head, mode="dense",
+                                                                    outputs=("scores", "distributions")))
+    floor = meta.head.graph_score_floor
+    raw, score_diff, box_diff, mismatches, n_dets = 0.0, 0.0, 0.0, 0, 0
+    for image in images_rgb:
+        batch, scale = prepare(image, meta.input)
+        ref, got = _torch_run(torch_model, batch), model.run(batch)
+        if meta.head.mode == "dense":
+            raw = max(raw, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
+        ref_dets = detections_from_outputs(ref, dense_meta, scale, image.shape[:2], floor)
+        got_dets = detections_from_outputs(got, meta, scale, image.shape[:2], floor)
+        n_dets += len(ref_dets)
+        mismatches += abs(len(ref_dets) - len(got_dets))
+        for a, b in zip(ref_dets, got_dets):
+            if a.class_id != b.class_id:
+                mismatches += 1
+                continue
+            score_diff = max(score_diff, abs(a.score - b.score))
+            box_diff = max(box_diff, float(np.abs(a.box_xyxy - b.box_xyxy).max()))
+    return {
+        "n_images": len(images_rgb), "n_detections_torch": n_dets, "score_floor": floor,
+        "detection_mismatches": mismatches, "raw_max_abs_diff": raw if meta.head.mode == "dense" else None,
+        "score_max_abs_diff": score_diff, "box_max_abs_diff_px": box_diff,
+        "gate_max_abs_diff": raw if meta.head.mode == "dense" else score_diff,
+    }

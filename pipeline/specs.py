@@ -13,6 +13,7 @@ from pipeline.runtime.specs import (  # noqa: F401  (re-exported contract)
     BlazeFaceHead,
     Color,
     EmbeddingHead,
+    GFLHead,
     Head,
     InputSpec,
     Layout,

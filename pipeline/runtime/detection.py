@@ -51,7 +51,7 @@ def detections_from_outputs(
         selected, all_boxes, all_scores = outputs  # (K, 3) [batch, class, anchor], (K, 4), (K,)
         # ONNX NMS lists each image's picks class by class, best first, as multiclass_nms builds them: a stable
         # sort by score then gives the same order as the dense path.
-        mine = np.flatnonzero((selected[:, 0] == index) & (all_scores > thresh))
+        mine = np.flatnonzero((selected[:, 0] == index) & (all_scores > max(thresh, head.graph_score_floor)))
         kept = mine[np.argsort(-all_scores[mine], kind="stable")[:head.max_per_image]]
         cls, boxes, score = selected[kept, 1], all_boxes[kept], all_scores[kept]
     scale = np.array([*scale_xy, *scale_xy], np.float32)

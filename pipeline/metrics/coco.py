@@ -1,0 +1,145 @@
+"""COCO box detection: `read_coco(data_dir) -> CocoSet` and `coco_map(coco_set, detections) -> dict`, the
+official pycocotools bbox evaluation run quietly; plus the contiguous 80-class label table."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from pipeline.runtime.errors import InputError
+
+__all__ = ["read_coco", "coco_map", "CocoSet"]
+
+# The 80 COCO classes in the standard contiguous order (index 0..79) and their official category ids (1..90, with
+# gaps), from the `categories` of the COCO 2017 instances json; tests check them against the shared copy.
+COCO80_LABELS = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+COCO80_TO_CATEGORY_ID = dict(enumerate((
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
+    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+)))
+
+_REQUIRED_KEYS = ("images", "annotations", "categories")
+_STATS = ("map_50_95", "map_50", "map_75", "map_small", "map_medium", "map_large")  # COCOeval.stats[0:6]
+_DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
+
+
+@dataclass(frozen=True, eq=False)
+class CocoSet:
+    """A COCO-layout folder: its annotation file, its images and its categories."""
+
+    instances_path: Path  # data_dir / "instances.json", read again by `coco_map`
+    images: tuple[tuple[int, Path, int, int], ...]  # (image_id, path, width, height) in json order
+    categories: dict[int, str]  # official category id -> name
+
+
+def read_coco(data_dir: str | Path) -> CocoSet:
+    """Read a folder of `images/` plus `instances.json` (the official COCO instances json).
+
+    Args:
+        data_dir: the folder.
+
+    Returns:
+        The set, with every listed image checked to exist.
+
+    Raises:
+        InputError: instances.json is missing, is not JSON, lacks `images`/`annotations`/`categories`, has a
+            malformed image or category entry, or lists images that are not under images/.
+    """
+    data_dir = Path(data_dir)
+    path = data_dir / "instances.json"
+    if not path.is_file():
+        raise InputError(f"{path}: no such annotation file; expected a COCO folder (images/ + instances.json)")
+    try:
+        dataset = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+    if not isinstance(dataset, dict):
+        raise InputError(f"{path}: expected a JSON object at the top, got {type(dataset).__name__}")
+    absent = [key for key in _REQUIRED_KEYS if not isinstance(dataset.get(key), list)]
+    if absent:
+        raise InputError(f"{path}: missing or non-list keys {absent}; "
+                         f"a COCO instances json needs {list(_REQUIRED_KEYS)}")
+    images = tuple(_image_row(path, data_dir / "images", k, entry) for k, entry in enumerate(dataset["images"]))
+    missing = [row[1] for row in images if not row[1].is_file()]
+    if missing:
+        raise InputError(f"{path}: {len(missing)} of {len(images)} listed images are missing, first: {missing[0]}")
+    try:
+        categories = {int(c["id"]): str(c["name"]) for c in dataset["categories"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: every entry of 'categories' needs an integer 'id' and a 'name' ({e!r})") from e
+    return CocoSet(path, images, categories)
+
+
+def _image_row(path: Path, images_dir: Path, index: int, entry) -> tuple[int, Path, int, int]:
+    """(image_id, path, width, height) of one `images` entry."""
+    try:
+        return int(entry["id"]), images_dir / entry["file_name"], int(entry["width"]), int(entry["height"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: images[{index}] needs 'id', 'file_name', 'width' and 'height', got {entry!r}") from e
+
+
+def coco_map(coco_set: CocoSet, detections: list[dict]) -> dict:
+    """COCO box mAP of detections on a set, by pycocotools' COCOeval (iouType "bbox", its default parameters:
+    IoU 0.50:0.95, 100 detections per image, area ranges small < 32^2 <= medium < 96^2 <= large, crowd ignored).
+
+    Args:
+        coco_set: the set from `read_coco`.
+        detections: `{"image_id", "category_id", "bbox": [x, y, w, h], "score"}` per box, in original image pixels,
+            with official category ids (see `COCO80_TO_CATEGORY_ID`). May be empty.
+
+    Returns:
+        {"map_50_95", "map_50", "map_75", "map_small", "map_medium", "map_large"}: floats in [0, 1], or None where
+        COCOeval leaves the figure undefined (no ground truth in that area range).
+
+    Raises:
+        InputError: a detection lacks a key, has a malformed bbox, or names an image or category outside the set.
+    """
+    _check_detections(coco_set, detections)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports progress with print()
+        coco_gt = COCO(str(coco_set.instances_path))
+        if detections:
+            coco_dt = coco_gt.loadRes([dict(d, bbox=[float(v) for v in d["bbox"]]) for d in detections])
+        else:  # loadRes indexes anns[0]; an empty result set is built by hand instead
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": coco_gt.dataset["images"], "categories": coco_gt.dataset["categories"],
+                               "annotations": []}
+            coco_dt.createIndex()
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: (float(value) if value >= 0 else None) for name, value in zip(_STATS, evaluator.stats)}
+
+
+def _check_detections(coco_set: CocoSet, detections: list[dict]) -> None:
+    """Raise InputError on the first detection that pycocotools would reject or misread."""
+    image_ids = {row[0] for row in coco_set.images}
+    for k, det in enumerate(detections):
+        absent = [key for key in _DETECTION_KEYS if key not in det]
+        if absent:
+            raise InputError(f"detections[{k}]: missing keys {absent}; each needs {list(_DETECTION_KEYS)}")
+        if np.shape(det["bbox"]) != (4,):
+            raise InputError(f"detections[{k}]: bbox must be [x, y, w, h], got {det['bbox']!r}")
+        if det["image_id"] not in image_ids:
+            raise InputError(f"detections[{k}]: image_id {det['image_id']!r} is not in {coco_set.instances_path}")
+        if det["category_id"] not in coco_set.categories:
+            raise InputError(f"detections[{k}]: category_id {det['category_id']!r} is not in "
+                             f"{coco_set.instances_path}; use official ids (COCO80_TO_CATEGORY_ID)")

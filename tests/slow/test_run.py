@@ -1,0 +1,43 @@
+"""`edgepipe run` on real images and videos, and its bad-input messages."""
+
+import cv2
+import pytest
+
+from pipeline.cli import main
+from pipeline.runtime.video import open_video
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_annotates_a_video_and_a_folder(artifacts, shared_data, tmp_path, capsys):
+    detector = str(artifacts["blazeface_back.mediapipe"])
+    out = tmp_path / "face.mp4"
+    assert main(["run", detector, str(shared_data / "videos" / "face_carphone.mp4"), "--out", str(out)]) == 0
+    capture, _, frames = open_video(out)
+    capture.release()
+    assert frames == 120
+    summary = capsys.readouterr().out
+    assert "video: 120 frames" in summary and "per second" in summary
+    assert main(["run", detector, str(shared_data / "group_photos"), "--out", str(tmp_path / "annotated")]) == 0
+    assert len(list((tmp_path / "annotated").glob("*.jpg"))) == 6
+
+
+def _error(capsys, code, needle):
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_run_bad_inputs(artifacts, tmp_path, capsys):
+    detector = str(artifacts["blazeface_back.mediapipe"])
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00" * 100)
+    _error(capsys, main(["run", detector, str(broken), "--out", str(tmp_path / "o.mp4")]), "cannot be opened as a video")
+    empty = tmp_path / "empty.mp4"
+    writer = cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"mp4v"), 25, (64, 64))
+    writer.release()  # a valid container with zero frames, or no file at all depending on the codec
+    _error(capsys, main(["run", detector, str(empty), "--out", str(tmp_path / "o.mp4")]), str(empty))
+    (tmp_path / "no_images").mkdir()
+    _error(capsys, main(["run", detector, str(tmp_path / "no_images"), "--out", str(tmp_path / "x")]), "no images")
+    _error(capsys, main(["run", str(artifacts["dlib_resnet29.facerec"]), str(broken), "--out", str(tmp_path / "o.jpg")]),
+           "pass --gallery")
+    assert not list(tmp_path.glob("o.*")) and not (tmp_path / "x").exists()
