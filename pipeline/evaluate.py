@@ -22,7 +22,7 @@ from pipeline.runtime.postprocess import embedding_distance
 from pipeline.runtime.preprocess import read_image
 from pipeline.runtime.specs import BlazeFaceHead, EmbeddingHead, GFLHead
 
-__all__ = ["evaluate", "EvalReport", "detect_layout"]
+__all__ = ["evaluate", "evaluate_model", "EvalReport"]
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,23 @@ def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path
         InputError: the folder is malformed. SpecError: the artifact's task does not fit the data.
         ArtifactError: an artifact does not load.
     """
-    data_dir = Path(data_dir)
-    layout = detect_layout(data_dir)
+    detect_layout(Path(data_dir))  # a bad folder fails before the model loads
     model = load(artifact)
     if reference:
         model = _torch_reference(model)
     if interpolation is not None:
         model = dataclasses.replace(model, meta=dataclasses.replace(
             model.meta, input=dataclasses.replace(model.meta.input, interpolation=interpolation)))
+    return evaluate_model(model, data_dir, detector=detector, progress=progress)
+
+
+def evaluate_model(model, data_dir: str | Path, *, detector: str | Path | None = None,
+                   progress: bool = True) -> EvalReport:
+    """`evaluate` for an already-open model: anything with the runtime `Model` interface (`path`, `meta`,
+    `run(batch)`), such as an onnxruntime session, the PyTorch reference or an independent reference runner."""
+    data_dir = Path(data_dir)
+    layout = detect_layout(data_dir)
+    artifact = model.path
     if layout == "lfw":
         if not isinstance(model.meta.head, EmbeddingHead):
             raise SpecError(f"{artifact}: a {model.meta.task.value} model cannot be evaluated on LFW pairs; "
