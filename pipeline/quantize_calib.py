@@ -1,0 +1,150 @@
+"""Real-image inputs for `pipeline.quantize`: `calibration_inputs` (photos, or aligned face chips for an embedder,
+through the runtime's own preprocessing), the `ImageReader` onnxruntime calibrates from, and
+`rank_harmful_nodes`, which orders quantized nodes by the error each one adds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader
+
+from pipeline.errors import InputError, QuantizeError
+from pipeline.runtime.faces import FaceDetector, face_chip
+from pipeline.runtime.preprocess import IMAGE_SUFFIXES, prepare, read_image, to_input
+from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead
+
+__all__ = ["calibration_inputs", "ImageReader", "rank_harmful_nodes"]
+
+READER_BATCH = 8  # images per calibration run: fewer session calls, same ranges (MinMax/histograms are per value)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Every visible entry of `folder`, sorted; raises if it is missing, empty or holds a non-image."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such calibration directory")
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    if not entries:
+        raise InputError(f"{folder}: calibration directory is empty; need >= 1 image")
+    for path in entries:
+        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"{path}: not an image file; a calibration directory holds only images "
+                             f"({', '.join(IMAGE_SUFFIXES)})")
+    return entries
+
+
+def calibration_inputs(meta: ArtifactMeta, paths: list[Path], limit: int, *, seed: int = 0,
+                       detector: Path | None = None) -> tuple[list[np.ndarray], list[str]]:
+    """Up to `limit` (1, ...) model inputs from the photos `paths`, and their names.
+
+    Photos are taken in a seeded random order. A face embedder gets aligned chips of the faces `detector` finds
+    (refined keypoints, as evaluation aligns them), named `photo.jpg#k`; without a detector it gets whole photos
+    resized to its input, which are real pixels but not faces. Raises InputError on an unreadable image and
+    QuantizeError when no input results.
+    """
+    order = np.random.default_rng(seed).permutation(len(paths))
+    embedder = isinstance(meta.head, EmbeddingHead)
+    face_detector = FaceDetector.from_path(detector) if embedder and detector is not None else None
+    inputs, names = [], []
+    for index in order:
+        if len(inputs) >= limit:
+            break
+        path = paths[index]
+        image = read_image(path)
+        if face_detector is None:
+            inputs.append(prepare(image, meta.input)[0])  # an embedder's photo is stretched to its chip size
+            names.append(path.name)
+            continue
+        for k, face in enumerate(face_detector.detect(image)[: limit - len(inputs)]):
+            chip = face_chip(image, face_detector.refine(image, face), meta.head)
+            inputs.append(to_input([chip], meta.input))
+            names.append(f"{path.name}#{k}")
+    if not inputs:
+        raise QuantizeError(f"{paths[0].parent}: no calibration input: the face detector found no face in {len(paths)} images")
+    return inputs, names
+
+
+class ImageReader(CalibrationDataReader):
+    """Feeds prepared inputs to onnxruntime's calibrator, `READER_BATCH` at a time."""
+
+    def __init__(self, input_name: str, inputs: list[np.ndarray]):
+        self.input_name = input_name
+        self.batches = [np.concatenate(inputs[i:i + READER_BATCH]) for i in range(0, len(inputs), READER_BATCH)]
+        self.position = 0
+
+    def get_next(self) -> dict | None:
+        if self.position >= len(self.batches):
+            return None
+        self.position += 1
+        return {self.input_name: self.batches[self.position - 1]}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def quantized_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that compute in int8: readers of a DequantizeLinear output (QDQ), integer ops (dynamic)."""
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return [node.name for node in model.graph.node if node.op_type.endswith("Integer") or (
+        node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Shape") and set(node.input) & dequantized)]
+
+
+def _float_tensors(model: onnx.ModelProto) -> list[str]:
+    """Node outputs that shape inference types as float32."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    return [out for node in model.graph.node for out in node.output if types.get(out) == onnx.TensorProto.FLOAT]
+
+
+def _run_exposed(model: onnx.ModelProto, tensors: list[str], input_name: str, inputs: list[np.ndarray]):
+    """Yield {tensor: value} per input with `tensors` made graph outputs, graph optimisations off (no fusion)."""
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {out for node in exposed.graph.node for out in node.output}
+    known = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                                for t in tensors if t in present and t not in known)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs() if o.name in set(tensors)]
+    for batch in inputs:
+        yield dict(zip(names, session.run(names, {input_name: batch})))
+
+
+def rank_harmful_nodes(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, input_name: str,
+                       inputs: list[np.ndarray]) -> list[tuple[str, float, tuple[str, ...]]]:
+    """Quantized nodes, most harmful first: (name, relative output error it adds over its worst input, the nodes
+    to exclude to run it on float inputs: itself and the quantized producers of its inputs).
+
+    Both graphs run on the same inputs with every float tensor exposed; a tensor's error is
+    ||quant - fp32|| / ||fp32|| over all inputs. A node's harm is the error of its output minus the largest error
+    of its inputs: what quantizing its input activations and weights adds, not what it inherits from upstream.
+    Excluding the node alone is not enough: onnxruntime keeps quantizing a tensor while its producer is quantized.
+    """
+    tensors = _float_tensors(float_model)
+    squared_diff = dict.fromkeys(tensors, 0.0)
+    squared_ref = dict.fromkeys(tensors, 0.0)
+    for ref, got in zip(_run_exposed(float_model, tensors, input_name, inputs),
+                        _run_exposed(quant_model, tensors, input_name, inputs)):
+        for name in set(ref) & set(got):
+            squared_diff[name] += float(np.square(got[name].astype(np.float64) - ref[name]).sum())
+            squared_ref[name] += float(np.square(ref[name].astype(np.float64)).sum())
+    error = {t: np.sqrt(squared_diff[t] / squared_ref[t]) for t in tensors if squared_ref[t] > 0}
+    by_name = {node.name: node for node in float_model.graph.node}
+    producer = {out: node.name for node in float_model.graph.node for out in node.output}
+    quantized = quantized_nodes(quant_model)
+    harm = []
+    for name in quantized:
+        node = by_name.get(name)
+        if node is None or not any(out in error for out in node.output):
+            continue
+        out_error = max(error[out] for out in node.output if out in error)
+        in_error = max([error[t] for t in node.input if t in error], default=0.0)
+        group = (name, *sorted({producer[t] for t in node.input if producer.get(t) in quantized} - {name}))
+        harm.append((name, float(out_error - in_error), group))
+    return sorted(harm, key=lambda item: -item[1])
