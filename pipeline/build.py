@@ -79,8 +79,11 @@ def _row(artifact: Artifact) -> dict:
     parity = figures["parity"]
     row = {"model": figures["model"], "precision": figures["precision"], "size_mb": figures["size_mb"],
            "parity_max_abs": parity["gate_max_abs_diff"]}
-    if "box_max_abs_diff_px" in parity:
+    if "n_faces_torch" in parity:
         row["decoded_parity"] = f"{parity['n_faces_torch']} faces, box {parity['box_max_abs_diff_px']:.2g} px"
+    if "n_detections_torch" in parity:
+        row["decoded_parity"] = (f"{parity['n_detections_torch']} boxes, {parity['detection_mismatches']} differ, "
+                                 f"box {parity['box_max_abs_diff_px']:.2g} px")
     if "cosine_min" in parity:
         row["decoded_parity"] = f"{parity['n_chips']} chips, cos {parity['cosine_min']:.6f}"
     row["metric"] = "; ".join(f"{next(iter(r['metrics']))} {next(iter(r['metrics'].values())):.4f} ({name})"

@@ -1,0 +1,30 @@
+"""The main job end to end: `edgepipe build` on every zoo model with every kind of evaluation folder."""
+
+import json
+
+import pytest
+
+from models import list_models
+from pipeline.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_build_exports_evaluates_and_summarises_every_model(shared_data, cache_dir, tmp_path, capsys):
+    data = [str(shared_data / name) for name in ("lfw_10ids", "coco_val_mini", "widerface_val_100")]
+    code = main(["--cache-dir", str(cache_dir), "build", "--out", str(tmp_path), *sum((["--data", d] for d in data), [])])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    for name in list_models():
+        assert name in out
+        figures = json.loads((tmp_path / f"{name}.fp32.json").read_text())
+        assert figures["parity"]["gate_max_abs_diff"] <= 1e-4
+        assert figures["evaluations"], name  # every model had a data set of its task
+    metrics = {n: json.loads((tmp_path / f"{n}.fp32.json").read_text())["evaluations"] for n in list_models()}
+    assert metrics["dlib_resnet29.facerec"]["lfw_10ids"]["metrics"]["accuracy"] >= 0.99
+    assert abs(metrics["nanodet_g.coco"]["coco_val_mini"]["metrics"]["map_50_95"] - 0.2876) <= 0.005
+    assert metrics["blazeface_back.mediapipe"]["widerface_val_100"]["metrics"]["ap_50"] > 0.39
+    latency = json.loads((tmp_path / "dlib_resnet29.facerec.fp32.json").read_text())["face_pipeline_latency"]
+    assert latency["per_face_ms_p50"] > 0 and latency["machine"]["cpu"]
+    assert json.loads((tmp_path / "nanodet_g.coco.fp32.json").read_text())["detector_latency"]["image_ms_p50"] > 0
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
