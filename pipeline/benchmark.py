@@ -1,96 +1,314 @@
-"""Latency measurements on this machine: `time_face_pipeline(detector, embedder, images)` (cold start and
-warm per-face latency of detect + align + embed)."""
+"""Latency, memory and roofline share of artifacts per execution provider x threads x batch, each cell in a fresh
+worker process of the environment that provides its provider: `benchmark(artifacts, options) -> list[BenchmarkRow]`.
+
+Baselines on the same input: PyTorch eager on the source model and OpenCV DNN on the fp32 file. The older
+in-process timings (`time_face_pipeline`, `time_detector`, `machine_info`) live in `pipeline.timing`.
+"""
 
 from __future__ import annotations
 
-import platform
-import statistics
-import time
+import dataclasses
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 
-from pipeline.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
-from pipeline.runtime.specs import GFLHead
+from pipeline.envs import MAIN_ENV, env_python, probe_env
+from pipeline.errors import BenchmarkError
+from pipeline.flops import count_flops, cpu_peak_gflops
+from pipeline.runtime.session import METADATA_KEY
+from pipeline.runtime.specs import ArtifactMeta, Layout
+from pipeline.sources import default_cache_dir
+from pipeline.timing import machine_info, time_detector, time_face_pipeline  # noqa: F401  (re-exported)
 
-__all__ = ["time_face_pipeline", "time_detector", "machine_info"]
+__all__ = ["benchmark", "BenchOptions", "BenchmarkRow"]
+
+log = logging.getLogger(__name__)
 
 
-def machine_info() -> dict:
-    """CPU model, ISA flags that matter for inference, core count, onnxruntime version."""
-    import os
+@dataclass(frozen=True)
+class _Target:
+    """An execution provider a user can ask for, and the environment whose onnxruntime build has it."""
 
-    import onnxruntime
+    ep: str  # the name users pass, e.g. "openvino"
+    provider: str  # onnxruntime's name
+    env: str  # `pipeline.envs` environment
 
-    model, flags = platform.processor() or platform.machine(), []
+
+_TARGETS = (
+    _Target("cpu", "CPUExecutionProvider", MAIN_ENV),
+    _Target("openvino", "OpenVINOExecutionProvider", "openvino"),
+    _Target("cuda", "CUDAExecutionProvider", "gpu"),
+    _Target("tensorrt", "TensorrtExecutionProvider", "gpu"),
+)
+_EPS = tuple(t.ep for t in _TARGETS)
+_BASELINE_ENV = MAIN_ENV  # torch and OpenCV DNN run in the interpreter that has torch
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure and how long."""
+
+    eps: tuple[str, ...] = ("cpu",)  # any of cpu, openvino, cuda, tensorrt
+    threads: tuple[int, ...] = (1, 2)  # intra-op threads (OpenVINO: num_of_threads; torch/OpenCV: their pools)
+    batch: tuple[int, ...] = (1,)  # images per inference (the real image repeated)
+    warmup: int = 5  # untimed runs after the first (cold) one
+    runs: int = 30  # timed runs
+    strict_ep: bool = False  # refuse CPU fallback: a graph the EP cannot run whole fails its cell
+    baselines: bool = True  # add torch eager and OpenCV DNN rows
+    peak_gflops_per_core: float | None = None  # override the ISA x clock estimate of one core's fp32 peak
+    cache_dir: Path | None = None  # environments, TensorRT engines, sample photos (default: default_cache_dir())
+    image: Path | None = None  # input photo (default: the first sample photo)
+    timeout_s: float = 900.0  # per cell, worker start included
+
+    def __post_init__(self) -> None:
+        unknown = [ep for ep in self.eps if ep not in _EPS]
+        if unknown or not self.eps:
+            raise BenchmarkError(f"unknown execution provider(s) {unknown or list(self.eps)!r}; "
+                                 f"expected some of {', '.join(_EPS)}")
+        if len(set(self.eps)) != len(self.eps):
+            raise BenchmarkError(f"eps lists a provider twice: {list(self.eps)!r}")
+        for name in ("threads", "batch"):
+            values = getattr(self, name)
+            if not values or not all(isinstance(v, int) and v >= 1 for v in values):
+                raise BenchmarkError(f"{name} must be a non-empty tuple of ints >= 1, got {values!r}")
+        if self.warmup < 0 or self.runs < 1:
+            raise BenchmarkError(f"need warmup >= 0 and runs >= 1, got warmup={self.warmup}, runs={self.runs}")
+        if self.peak_gflops_per_core is not None and not self.peak_gflops_per_core > 0:
+            raise BenchmarkError(f"peak_gflops_per_core must be > 0, got {self.peak_gflops_per_core!r}")
+
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    """One measured (or unmeasurable) cell: an artifact on a provider (or a baseline) at a thread count and batch."""
+
+    model: str  # zoo key
+    precision: str  # fp32, fp16, int8, int8-dynamic
+    ep: str  # cpu, openvino, cuda, tensorrt, or the baselines torch, opencv-dnn
+    threads: int
+    batch: int
+    status: str  # "ok", "unavailable" (provider or environment missing) or "failed" (it ran and broke)
+    reason: str = ""  # one line when status is not "ok"
+    artifact: str = ""  # the ONNX file (for torch: the artifact whose model was built)
+    env: str = ""  # the environment the worker ran in
+    runtime: str = ""  # e.g. "onnxruntime 1.24.1", "torch 2.13.0+cpu"
+    runs: int = 0
+    latency_ms_p50: float | None = None  # one inference of `batch` images
+    latency_ms_p90: float | None = None
+    latency_ms_p99: float | None = None
+    latency_ms_mean: float | None = None
+    throughput_ips: float | None = None  # images per second at the median latency
+    peak_rss_mb: float | None = None  # the worker's peak resident memory (interpreter and imports included)
+    rss_before_load_mb: float | None = None  # the same just before the model was loaded
+    import_ms: float | None = None  # runtime imports in the fresh worker
+    session_create_ms: float | None = None  # model load + compile (TensorRT: engine build or cache load)
+    first_inference_ms: float | None = None  # the first, cold run
+    size_mb: float | None = None  # artifact file size
+    nodes_by_ep: dict = field(default_factory=dict)  # onnxruntime provider -> graph nodes it ran (profiled)
+    fallback: bool | None = None  # some nodes ran on a provider other than the requested one
+    gflops: float | None = None  # per image, from the graph
+    gflops_per_s: float | None = None  # achieved at the median latency
+    peak_gflops: float | None = None  # fp32 peak of the cores this cell could use
+    peak_share: float | None = None  # gflops_per_s / peak_gflops
+    machine: dict = field(default_factory=dict)  # machine_info() plus the peak formula
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class _ArtifactInfo:
+    path: Path
+    meta: ArtifactMeta
+    meta_json: str
+    size_mb: float
+    gflops: float | None
+
+
+def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow]:
+    """Measure every artifact on every requested provider x thread count x batch, plus the baselines.
+
+    Every cell runs in a fresh `python -m pipeline.bench_worker` of the environment that provides its provider
+    (cpu: this interpreter; openvino / cuda / tensorrt: the managed environments of `pipeline.envs`). A provider
+    that is missing is reported as an "unavailable" row with the reason, never measured on CPU instead.
+
+    Args:
+        artifacts: edgepipe ONNX files.
+        options: providers, threads, batches, run counts, baselines, peak override.
+
+    Returns:
+        One row per cell, artifacts in the given order; each row carries the machine description.
+
+    Raises:
+        BenchmarkError: an artifact or the input image is missing. ArtifactError: a file is not an edgepipe artifact.
+    """
+    paths = [Path(p) for p in artifacts]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing or not paths:
+        raise BenchmarkError(f"no such artifact file(s): {', '.join(missing)}" if missing else "no artifacts given")
+    cache_dir = Path(options.cache_dir or default_cache_dir())
+    image = _input_image(options, cache_dir)
+    infos = [_artifact_info(p) for p in paths]
+    per_core, formula = ((options.peak_gflops_per_core, "given") if options.peak_gflops_per_core
+                         else cpu_peak_gflops())
+    machine = {**machine_info(), "peak_gflops_per_core": per_core, "peak_formula": formula}
+    probes: dict[str, dict] = {}
+    torch_done: set[str] = set()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgepipe-bench-") as tmp:
+        shim = _import_shim(Path(tmp))
+        for info in infos:
+            for target in (t for t in _TARGETS if t.ep in options.eps):
+                probe = probes.setdefault(target.env, probe_env(target.env, cache_dir))
+                for threads in options.threads:
+                    for batch in options.batch:
+                        spec = {"kind": "ort", "provider": target.provider, "strict_ep": options.strict_ep,
+                                "providers": _providers(target.ep, threads, batch, info, cache_dir)}
+                        result = ({"status": "unavailable", "reason": probe["reason"]} if probe["reason"]
+                                  else _run_worker(Path(probe["python"]), spec, info, image, threads, batch,
+                                                   options, shim))
+                        rows.append(_row(info, target.ep, target.env, threads, batch, result, per_core, machine))
+            if not options.baselines:
+                continue
+            kinds = (["opencv-dnn"] if info.meta.precision.value == "fp32" else [])
+            kinds += ["torch"] if info.meta.model_name not in torch_done else []
+            torch_done.add(info.meta.model_name)
+            for kind in kinds:
+                for threads in options.threads:
+                    for batch in options.batch:
+                        spec = {"kind": kind, "model_name": info.meta.model_name, "cache_dir": str(cache_dir)}
+                        result = _run_worker(env_python(_BASELINE_ENV), spec, info, image, threads, batch, options,
+                                             shim)
+                        rows.append(_row(info, kind, _BASELINE_ENV, threads, batch, result, per_core, machine))
+    return rows
+
+
+def _input_image(options: BenchOptions, cache_dir: Path) -> Path:
+    if options.image is not None:
+        if not Path(options.image).is_file():
+            raise BenchmarkError(f"{options.image}: no such input image")
+        return Path(options.image)
+    from pipeline.samples import sample_images
+
+    return sample_images(cache_dir)[0]
+
+
+def _artifact_info(path: Path) -> _ArtifactInfo:
+    """Contract, size and per-image GFLOPs of an artifact, read once in this process."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                flags = sorted(f for f in present if f.startswith(("avx", "fma", "sse4", "amx")) or f == "f16c")
-                break
-    except OSError:
-        pass
-    return {"cpu": model, "isa": flags, "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version()}
+        proto = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError and friends
+        raise BenchmarkError(f"{path}: not a loadable ONNX file ({type(e).__name__})") from e
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise BenchmarkError(f"{path}: has no edgepipe metadata (key {METADATA_KEY!r}); export it with `edgepipe export`")
+    meta = ArtifactMeta.from_json(props[METADATA_KEY])
+    try:
+        gflops = count_flops(proto, batch=1) / 1e9
+    except BenchmarkError as e:
+        log.warning("%s: FLOPs not counted: %s", path.name, e)
+        gflops = None
+    return _ArtifactInfo(path, meta, props[METADATA_KEY], round(path.stat().st_size / 1e6, 3), gflops)
 
 
-def time_face_pipeline(detector_path: Path, embedder_path: Path, images_rgb: list[np.ndarray], *,
-                       warm_runs: int = 5, threads: int = 0) -> dict:
-    """Cold start (sessions + first image) and the median warm latency of detect + align + embed.
-
-    Returns:
-        {"cold_start_ms", "detect_ms_p50", "per_face_ms_p50" (keypoint refinement + align + embed of one face),
-        "pipeline_ms_p50"
-        (whole image), "faces", "images", "threads", "machine"}.
-    """
-    started = time.perf_counter()
-    detector = FaceDetector.from_path(detector_path, intra_op_threads=threads)
-    embedder = FaceEmbedder.from_path(embedder_path, intra_op_threads=threads)
-    embedder.embed(images_rgb[0], [detector.refine(images_rgb[0], f) for f in detector.detect(images_rgb[0])])
-    cold_ms = (time.perf_counter() - started) * 1e3
-    detect_ms, per_face_ms, pipeline_ms, n_faces = [], [], [], 0
-    for image in images_rgb:
-        for _ in range(warm_runs):
-            t0 = time.perf_counter()
-            faces = detector.detect(image)
-            t1 = time.perf_counter()
-            embedder.embed(image, [detector.refine(image, face) for face in faces])
-            t2 = time.perf_counter()
-            detect_ms.append((t1 - t0) * 1e3)
-            pipeline_ms.append((t2 - t0) * 1e3)
-            if faces:
-                per_face_ms.append((t2 - t1) * 1e3 / len(faces))
-        n_faces += len(faces)
-    return {
-        "cold_start_ms": round(cold_ms, 1), "detect_ms_p50": round(statistics.median(detect_ms), 2),
-        "per_face_ms_p50": round(statistics.median(per_face_ms), 2) if per_face_ms else None,
-        "pipeline_ms_p50": round(statistics.median(pipeline_ms), 2), "faces": n_faces, "images": len(images_rgb),
-        "warm_runs": warm_runs, "threads": threads, "machine": machine_info(),
-    }
+def _providers(ep: str, threads: int, batch: int, info: _ArtifactInfo, cache_dir: Path) -> list:
+    """The onnxruntime providers argument of a cell; only the requested provider (CPU is onnxruntime's implicit
+    fallback, which the profile then shows)."""
+    if ep == "cpu":
+        return ["CPUExecutionProvider"]
+    if ep == "openvino":
+        return [("OpenVINOExecutionProvider", {"device_type": "CPU", "num_of_threads": str(threads)})]
+    if ep == "cuda":
+        return [("CUDAExecutionProvider", {"device_id": "0"})]
+    c, h, w = info.meta.input.shape_chw
+    dims = (batch, c, h, w) if info.meta.input.layout == Layout.NCHW else (batch, h, w, c)
+    shape = f"{info.meta.input_name}:{'x'.join(map(str, dims))}"
+    # One fixed profile per batch, so the engine is built (or loaded from the cache) at session creation.
+    return [("TensorrtExecutionProvider", {
+        "device_id": "0", "trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
+        "trt_engine_cache_path": str(cache_dir / "trt_engines"), "trt_timing_cache_path": str(cache_dir / "trt_engines"),
+        "trt_fp16_enable": str(info.meta.precision.value == "fp16"),
+        "trt_profile_min_shapes": shape, "trt_profile_opt_shapes": shape, "trt_profile_max_shapes": shape,
+    })]
 
 
-def time_detector(artifact: Path, images_rgb: list[np.ndarray], *, warm_runs: int = 5, threads: int = 0) -> dict:
-    """Cold start (session + first image) and the median warm latency of one image through a detector
-    (preprocess + inference + decode + NMS).
+def _import_shim(tmp: Path) -> Path:
+    """A folder holding only links to our packages: the worker's PYTHONPATH, so that another environment
+    imports edgepipe's code but never this environment's site-packages."""
+    shim = tmp / "pythonpath"
+    shim.mkdir()
+    for package in ("pipeline", "models"):
+        found = importlib.util.find_spec(package)  # locates without executing (models imports torch)
+        if found is not None and found.submodule_search_locations:
+            (shim / package).symlink_to(Path(list(found.submodule_search_locations)[0]), target_is_directory=True)
+    return shim
 
-    Returns:
-        {"cold_start_ms", "image_ms_p50", "image_ms_p90", "images", "warm_runs", "threads", "machine"}.
-    """
-    started = time.perf_counter()
-    model = load(artifact, intra_op_threads=threads)
-    detector = ObjectDetector(model) if isinstance(model.meta.head, GFLHead) else FaceDetector(model)
-    detector.detect(images_rgb[0])
-    cold_ms = (time.perf_counter() - started) * 1e3
-    timings = []
-    for image in images_rgb:
-        for _ in range(warm_runs):
-            t0 = time.perf_counter()
-            detector.detect(image)
-            timings.append((time.perf_counter() - t0) * 1e3)
-    timings.sort()
-    return {"cold_start_ms": round(cold_ms, 1), "image_ms_p50": round(statistics.median(timings), 2),
-            "image_ms_p90": round(timings[int(0.9 * (len(timings) - 1))], 2), "images": len(images_rgb),
-            "warm_runs": warm_runs, "threads": threads, "machine": machine_info()}
+
+def _run_worker(python: Path, extra: dict, info: _ArtifactInfo, image: Path, threads: int, batch: int,
+                options: BenchOptions, shim: Path) -> dict:
+    """Run one cell in a fresh worker process; every failure comes back as a result dict, never raised."""
+    with tempfile.TemporaryDirectory(prefix="cell-", dir=shim.parent) as cell_dir:
+        spec = {**extra, "artifact": str(info.path), "meta": info.meta_json, "image": str(image), "threads": threads,
+                "batch": batch, "warmup": options.warmup, "runs": options.runs, "profile_dir": cell_dir}
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
+        # The worker's own thread pools get the cell's count; so do OpenMP/BLAS pools a library may start.
+        env.update({"PYTHONPATH": str(shim), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                    "OPENBLAS_NUM_THREADS": str(threads)})
+        log.info("%s %s %s threads=%d batch=%d", info.meta.model_name, info.meta.precision.value,
+                 extra.get("provider", extra["kind"]), threads, batch)
+        try:
+            done = subprocess.run([str(python), "-m", "pipeline.bench_worker"], input=json.dumps(spec),
+                                  capture_output=True, text=True, timeout=options.timeout_s, env=env, cwd=cell_dir)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "reason": f"the worker ran past {options.timeout_s:g} s"}
+        except OSError as e:
+            return {"status": "unavailable", "reason": f"cannot start {python}: {e.strerror or e}"}
+    try:
+        return json.loads(done.stdout)
+    except ValueError:
+        lines = [line.strip() for line in done.stderr.splitlines() if line.strip()]
+        return {"status": "failed", "reason": f"the worker ({python}) exited {done.returncode} with no result: "
+                                              f"{lines[-1][:300] if lines else 'no output'}"}
+
+
+def _row(info: _ArtifactInfo, ep: str, env: str, threads: int, batch: int, result: dict, per_core: float | None,
+         machine: dict) -> BenchmarkRow:
+    """Turn a worker result into a row: percentiles, throughput, fallback flag and roofline share."""
+    peak = per_core * min(threads, machine.get("cores") or threads) if per_core else None
+    common = dict(model=info.meta.model_name, precision="fp32" if ep == "torch" else info.meta.precision.value,
+                  ep=ep, threads=threads, batch=batch, artifact=str(info.path), env=env,
+                  runtime=result.get("runtime", ""), size_mb=None if ep == "torch" else info.size_mb,
+                  gflops=_sig(info.gflops), peak_gflops=_sig(peak), machine=machine,
+                  peak_rss_mb=_round(result.get("peak_rss_mb"), 1))
+    if result.get("status") != "ok":
+        return BenchmarkRow(status=result.get("status", "failed"), reason=result.get("reason", ""), **common)
+    latencies = np.asarray(result["latencies_ms"], np.float64)
+    p50, p90, p99 = (float(v) for v in np.percentile(latencies, [50, 90, 99]))
+    achieved = info.gflops * batch / (p50 / 1e3) if info.gflops else None
+    nodes = result.get("nodes_by_ep")
+    provider = next((t.provider for t in _TARGETS if t.ep == ep), None)
+    return BenchmarkRow(
+        status="ok", runs=len(latencies), latency_ms_p50=_sig(p50, 5), latency_ms_p90=_sig(p90, 5),
+        latency_ms_p99=_sig(p99, 5), latency_ms_mean=_sig(float(latencies.mean()), 5),
+        throughput_ips=_sig(batch * 1e3 / p50, 5), rss_before_load_mb=_round(result.get("rss_before_load_mb"), 1),
+        import_ms=_round(result.get("import_ms"), 1), session_create_ms=_round(result.get("session_create_ms"), 1),
+        first_inference_ms=_round(result.get("first_inference_ms"), 2), nodes_by_ep=nodes or {},
+        fallback=None if nodes is None else any(p != provider for p in nodes),
+        gflops_per_s=_sig(achieved), peak_share=_sig(achieved / peak if achieved and peak else None),
+        **common)
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _sig(value: float | None, digits: int = 4) -> float | None:
+    """Round to significant digits (GFLOPs span 1e-5 for test graphs to 10 for detectors)."""
+    return None if value is None else float(f"{float(value):.{digits}g}")

@@ -4,6 +4,7 @@ and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -110,6 +111,71 @@ def _cmd_faces_identify(args) -> int:
     return 0
 
 
+def _cmd_quantize(args) -> int:
+    from pipeline.quantize import CalibMethod, QuantizeOptions, quantize
+
+    options = QuantizeOptions(calib_dir=args.calib, calib_size=args.calib_size, eval_data=args.eval_data,
+                              method=CalibMethod(args.method) if args.method else None, per_channel=args.per_channel,
+                              max_drop=args.max_drop, detector=args.detector)
+    artifact = quantize(Path(args.artifact), args.precision, Path(args.out), options)
+    figures = artifact.figures
+    print(f"wrote {artifact.onnx_path} ({figures.get('size_mb')} MB); figures in {artifact.json_path}")
+    for line in figures.get("summary", []):
+        print(line)
+    return 0
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_bench(args) -> int:
+    from pipeline.benchmark import BenchOptions, benchmark
+    from pipeline.report import render_table
+    from pipeline.runtime.atomic import atomic_write
+
+    options = BenchOptions(eps=tuple(args.ep.split(",")), threads=args.threads, batch=args.batch, warmup=args.warmup,
+                           runs=args.runs, strict_ep=args.strict_ep, baselines=not args.no_baselines,
+                           peak_gflops_per_core=args.peak_gflops, cache_dir=args.cache_dir, image=args.image)
+    rows = [r.to_dict() for r in benchmark([Path(a) for a in args.artifacts], options)]
+    atomic_write(args.json, json.dumps(rows, indent=1).encode())
+    print(render_table(rows, ["model", "precision", "ep", "threads", "batch", "status", "latency_ms_p50",
+                              "latency_ms_p99", "throughput_ips", "peak_rss_mb", "fallback", "peak_share"]))
+    failed = [r for r in rows if args.strict_ep and r["status"] != "ok" and r["ep"] in options.eps]
+    return 2 if failed else 0
+
+
+def _cmd_report(args) -> int:
+    from pipeline.report import render_report
+
+    rows = [row for path in args.results for row in _read_json(Path(path))]
+    evals = [_read_json(p) for p in sorted({Path(r["artifact"]).with_suffix(".json") for r in rows if r.get("artifact")})
+             if p.is_file()]
+    md, html = render_report(rows, evals, Path(args.out))
+    print(f"wrote {md} and {html}")
+    return 0
+
+
+def _cmd_env_create(args) -> int:
+    from pipeline.envs import create_env, probe_env
+
+    path = create_env(args.name, args.cache_dir)
+    print(f"{args.name} environment at {path}: providers {probe_env(args.name, args.cache_dir).get('providers')}")
+    return 0
+
+
+def _read_json(path: Path):
+    from pipeline.runtime import InputError
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not a readable JSON file ({e})") from e
+
+
 def _cmd_run(args) -> int:
     from pipeline.run import run_artifact
 
@@ -175,6 +241,50 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--reference", action="store_true",
                     help="evaluate the source PyTorch model instead, through the same pre/post-processing")
     ev.set_defaults(func=_cmd_eval)
+
+    quant = sub.add_parser("quantize", help="fp16 / int8 / int8-dynamic copy of an fp32 artifact, with its accuracy "
+                           "cost (within a budget) and speed measured")
+    quant.add_argument("artifact", help="an fp32 edgepipe .onnx")
+    quant.add_argument("--precision", required=True, choices=["fp16", "int8", "int8-dynamic"])
+    quant.add_argument("--calib", type=Path, help="folder of real photos to calibrate on (int8; photos not in the "
+                       "evaluation set)")
+    quant.add_argument("--calib-size", type=int, help="calibration inputs (default: the family's measured default)")
+    quant.add_argument("--method", choices=["minmax", "entropy", "percentile"], help="int8 calibration method")
+    quant.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
+                       help="int8 weights: one scale per output channel (default: the family's)")
+    quant.add_argument("--eval-data", type=Path, help="data folder for the accuracy budget (COCO, WIDER FACE, LFW)")
+    quant.add_argument("--max-drop", type=float, help="largest accepted metric drop in points (default: 1.0 mAP, "
+                       "0.3 verification accuracy, 1.0 face AP@0.5)")
+    quant.add_argument("--detector", type=Path, help="face detector artifact, to find and align faces for an embedder")
+    quant.add_argument("--out", required=True, help="output directory")
+    quant.set_defaults(func=_cmd_quantize)
+
+    bench = sub.add_parser("bench", help="latency, throughput, memory and cold start per EP x threads x batch, each "
+                           "cell in a fresh worker process, with torch-eager and OpenCV-DNN baselines")
+    bench.add_argument("artifacts", nargs="+", help="edgepipe .onnx files (any precision)")
+    bench.add_argument("--ep", default="cpu", help="comma-separated: cpu, openvino, cuda, tensorrt (default cpu)")
+    bench.add_argument("--threads", type=_ints, default=(1, 2), help="comma-separated intra-op threads (default 1,2)")
+    bench.add_argument("--batch", type=_ints, default=(1,), help="comma-separated batch sizes (default 1)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed runs after the cold one (default 5)")
+    bench.add_argument("--runs", type=int, default=30, help="timed runs per cell (default 30)")
+    bench.add_argument("--strict-ep", action="store_true", help="a cell whose EP cannot run every node fails (exit 2)")
+    bench.add_argument("--no-baselines", action="store_true", help="skip the torch-eager and OpenCV-DNN rows")
+    bench.add_argument("--peak-gflops", type=float, help="fp32 peak GFLOP/s of ONE core (default: from ISA x clock)")
+    bench.add_argument("--image", type=Path, help="input photo (default: the first sample photo)")
+    bench.add_argument("--json", type=Path, required=True, help="write the rows here")
+    bench.set_defaults(func=_cmd_bench)
+
+    report = sub.add_parser("report", help="Markdown + self-contained HTML report from bench JSON and the artifacts' "
+                            "evaluation JSON")
+    report.add_argument("results", nargs="+", help="bench JSON files")
+    report.add_argument("--out", required=True, help="output directory")
+    report.set_defaults(func=_cmd_report)
+
+    env = sub.add_parser("env", help="managed runtime environments for EPs that need their own onnxruntime build")
+    env_sub = env.add_subparsers(dest="env_command", required=True)
+    env_create = env_sub.add_parser("create", help="create CACHE/envs/NAME")
+    env_create.add_argument("name", choices=["openvino", "gpu"])
+    env_create.set_defaults(func=_cmd_env_create)
 
     run = sub.add_parser("run", help="annotate an image, a folder of images or a video with an artifact's results")
     run.add_argument("artifact", help="a detector (.onnx), or a face embedder with --gallery")

@@ -1,15 +1,35 @@
-"""Render result rows as text; computes nothing: `render_table(rows, columns) -> str`."""
+"""Render result rows; computes nothing: `render_table(rows, columns) -> str` for the terminal and
+`render_report(bench_rows, eval_jsons, out_dir)` for `report.md` plus a self-contained `report.html` (inline SVG)."""
 
 from __future__ import annotations
 
-__all__ = ["render_table"]
+from html import escape
+from pathlib import Path
+
+from pipeline.pareto import accuracy_points
+from pipeline.report_svg import bar_chart, line_chart, scatter_chart
+from pipeline.runtime.atomic import atomic_write
+
+__all__ = ["render_table", "render_report"]
+
+_COLUMNS = ["model", "precision", "ep", "threads", "batch", "status", "latency_ms_p50", "latency_ms_p90",
+            "latency_ms_p99", "throughput_ips", "peak_rss_mb", "session_create_ms", "first_inference_ms", "size_mb",
+            "gflops", "gflops_per_s", "peak_share", "fallback", "nodes_by_ep", "reason"]
+_POINT_COLUMNS = ["model", "precision", "ep", "threads", "latency_ms_p50", "metric", "accuracy", "data", "on_front"]
+_STYLE = ("body{font-family:sans-serif;margin:24px;max-width:1400px}table{border-collapse:collapse;font-size:12px;"
+          "margin:8px 0 20px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f3f3f3}"
+          "tr.unavailable td,tr.failed td{color:#888}code{background:#f6f6f6}")
 
 
 def _cell(value) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1e-2 and value != 0 else f"{value:.4g}"
+    if isinstance(value, dict):  # nodes_by_ep: shorten onnxruntime's provider names
+        return " ".join(f"{str(k).removesuffix('ExecutionProvider')}:{v}" for k, v in value.items()) or "-"
     return str(value)
 
 
@@ -20,3 +40,105 @@ def render_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
     return "\n".join(lines)
+
+
+def _md_table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)).replace("|", "\\|") for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    body = "".join(f'<tr class="{escape(str(row.get("status", "")))}">'
+                   + "".join(f"<td>{escape(_cell(row.get(c)))}</td>" for c in columns) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _label(row: dict) -> str:
+    return f"{row['precision']} · {row['ep']} · {row['threads']}t"
+
+
+def _machine_lines(bench_rows: list[dict]) -> list[str]:
+    machine = next((r["machine"] for r in bench_rows if r.get("machine")), {})
+    if not machine:
+        return ["machine: not recorded"]
+    return [f"CPU: {machine.get('cpu')} ({machine.get('cores')} cores; {' '.join(machine.get('isa', []))})",
+            f"onnxruntime (main environment): {machine.get('onnxruntime')}; python {machine.get('python')}",
+            f"fp32 peak per core: {machine.get('peak_formula')}"]
+
+
+def _latency_bars(rows: list[dict]) -> list[dict]:
+    """The batch-1 (smallest batch) cells of one model: p50 bar, p50-p99 whisker, the reason when not measured."""
+    smallest = min(r["batch"] for r in rows)
+    bars = []
+    for row in (r for r in rows if r["batch"] == smallest):
+        measured = row.get("status") == "ok"
+        note = "fallback" if row.get("fallback") else ""
+        if not measured:
+            note = f"{row.get('status')}: {row.get('reason', '')}"[:90]
+        bars.append({"label": _label(row), "value": row.get("latency_ms_p50") if measured else None,
+                     "upper": row.get("latency_ms_p99") if measured else None, "colour_key": row["ep"],
+                     "note": note})
+    return bars
+
+
+def _throughput_series(rows: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    series: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row.get("status") == "ok":
+            series.setdefault(_label(row), []).append((row["batch"], row["throughput_ips"]))
+    return series
+
+
+def render_report(bench_rows: list[dict], eval_jsons: list[dict], out_dir: Path) -> tuple[Path, Path]:
+    """Write `report.md` (tables) and `report.html` (the same tables plus inline SVG plots, no network needed).
+
+    Plots: per model, batch-1 latency per provider x precision x threads (p50 bar, whisker to p99); accuracy
+    against p50 latency with the Pareto front (accuracy from the artifacts' JSON "evaluations" or `evaluate`
+    reports); throughput against batch size.
+
+    Args:
+        bench_rows: `BenchmarkRow.to_dict()` rows, from one or more `edgepipe bench` runs.
+        eval_jsons: artifact JSONs (with "evaluations") and/or evaluation reports; may be empty.
+        out_dir: created if missing.
+
+    Returns:
+        (path of report.md, path of report.html).
+    """
+    out_dir = Path(out_dir)
+    models = list(dict.fromkeys(r["model"] for r in bench_rows))
+    points = accuracy_points(bench_rows, eval_jsons)
+    md = ["# edgepipe benchmark report", "", *(f"- {line}" for line in _machine_lines(bench_rows)), "",
+          "Plots (latency bars, accuracy vs latency with the Pareto front, throughput vs batch): `report.html`.", ""]
+    html = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgepipe benchmark report</title>"
+            f"<style>{_STYLE}</style></head><body><h1>edgepipe benchmark report</h1><ul>"
+            + "".join(f"<li>{escape(line)}</li>" for line in _machine_lines(bench_rows)) + "</ul>"]
+    for model in models:
+        rows = [r for r in bench_rows if r["model"] == model]
+        mine = [p for p in points if p["model"] == model]
+        md += [f"## {model}", "", "### Latency and throughput", "", _md_table(rows, _COLUMNS), ""]
+        html += [f"<h2>{escape(model)}</h2>",
+                 bar_chart(f"{model}: latency per cell (bar p50, whisker to p99)", _latency_bars(rows)),
+                 _html_table(rows, _COLUMNS)]
+        if mine:
+            metric = mine[0]["metric"]
+            md += [f"### Accuracy ({metric} on {mine[0]['data']}) vs latency; on_front = Pareto front", "",
+                   _md_table(mine, _POINT_COLUMNS), ""]
+            html.append(scatter_chart(
+                f"{model}: {metric} on {mine[0]['data']} vs batch-1 latency",
+                [{"x": p["latency_ms_p50"], "y": p["accuracy"], "colour_key": f"{p['precision']} · {p['ep']}",
+                  "on_front": p["on_front"], "label": f"{p['precision']} · {p['ep']} · {p['threads']}t"} for p in mine],
+                "latency p50 (ms)", metric))
+            html.append(_html_table(mine, _POINT_COLUMNS))
+        else:
+            md += ["No accuracy figures for this model in the given JSON.", ""]
+            html.append("<p>No accuracy figures for this model in the given JSON.</p>")
+        series = _throughput_series(rows)
+        if len({r["batch"] for r in rows}) > 1 and series:
+            html.append(line_chart(f"{model}: throughput vs batch", series, "batch", "images / s"))
+        else:
+            html.append("<p>One batch size measured: no throughput-vs-batch plot.</p>")
+    md_path = atomic_write(out_dir / "report.md", "\n".join(md).encode())
+    html_path = atomic_write(out_dir / "report.html", ("".join(html) + "</body></html>").encode())
+    return md_path, html_path

@@ -42,6 +42,7 @@ def load(
     *,
     providers: list | None = None,
     intra_op_threads: int = 0,
+    session_options: ort.SessionOptions | None = None,
 ) -> Model:
     """Open an artifact and validate its edgepipe contract.
 
@@ -49,6 +50,7 @@ def load(
         path: an ONNX file written by edgepipe.
         providers: onnxruntime providers (default: CPU only).
         intra_op_threads: onnxruntime intra-op threads; 0 lets onnxruntime choose.
+        session_options: options to start from (e.g. profiling on); the thread count and log level are set on them.
 
     Returns:
         A `Model` whose `meta` says how to pre- and post-process.
@@ -60,7 +62,7 @@ def load(
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such artifact file")
-    options = ort.SessionOptions()
+    options = session_options or ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.log_severity_level = 3
     try:
