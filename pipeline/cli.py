@@ -118,10 +118,12 @@ def _cmd_quantize(args) -> int:
                               method=CalibMethod(args.method) if args.method else None, per_channel=args.per_channel,
                               max_drop=args.max_drop, detector=args.detector)
     artifact = quantize(Path(args.artifact), args.precision, Path(args.out), options)
-    figures = artifact.figures
-    print(f"wrote {artifact.onnx_path} ({figures.get('size_mb')} MB); figures in {artifact.json_path}")
-    for line in figures.get("summary", []):
-        print(line)
+    figures, speed, accuracy = artifact.figures, artifact.figures.get("speed", {}), artifact.figures.get("accuracy")
+    print(f"wrote {artifact.onnx_path} ({figures['size_mb']} MB, {figures['size_vs_fp32']:.2f} of fp32); "
+          f"{speed.get('fp32_ms_p50')} -> {speed.get('ms_p50')} ms ({speed.get('speedup')}x) at {speed.get('threads')} "
+          "threads" + (f"; {accuracy['metric']} {accuracy['fp32']:.4f} -> {accuracy['quantized']:.4f}" if accuracy else ""))
+    if figures.get("warning"):
+        print(f"warning: {figures['warning']}")
     return 0
 
 
