@@ -10,9 +10,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from models import get_spec, list_models
-from pipeline.benchmark import time_detector, time_face_pipeline
+from pipeline.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
 from pipeline.evaluate import detect_layout, evaluate
 from pipeline.export import PARITY_DETECTOR, Artifact, export_onnx
+from pipeline.report import render_report
 from pipeline.runtime.atomic import atomic_write
 from pipeline.runtime.preprocess import read_image
 from pipeline.runtime.specs import Task
@@ -26,9 +27,9 @@ _LAYOUT_TASK = {"lfw": Task.FACE_EMBEDDING, "coco": Task.DETECTION, "widerface":
 
 
 def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Path, ...] = (),
-                 cache_dir: Path | None = None, progress: bool = True) -> list[dict]:
-    """Export, check and evaluate zoo models; returns summary rows (one per artifact) and updates each
-    artifact's JSON with its evaluations and timings.
+                 cache_dir: Path | None = None, bench: bool = True, progress: bool = True) -> list[dict]:
+    """Export, check and evaluate zoo models, then benchmark them and render the report; returns summary rows
+    (one per artifact) and updates each artifact's JSON with its evaluations and timings.
 
     Args:
         names: zoo keys (default: every model).
@@ -36,6 +37,8 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
         data_dirs: evaluation folders (LFW, COCO or WIDER FACE layout); each is used for the models whose task
             fits its layout.
         cache_dir: weight and sample cache root.
+        bench: finish with a short CPU benchmark (1 thread, batch 1, with the torch and OpenCV baselines) and
+            `out_dir/report/report.{md,html}`.
         progress: show progress on stderr.
     """
     names = list(names or list_models())
@@ -59,6 +62,11 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
             artifact.figures["detector_latency"] = time_detector(artifact.onnx_path, photos)
     for artifact in artifacts.values():
         atomic_write(artifact.json_path, json.dumps(artifact.figures, indent=1).encode())
+    if bench:
+        options = BenchOptions(threads=(1,), batch=(1,), warmup=3, runs=10, cache_dir=cache_dir)
+        rows = [r.to_dict() for r in benchmark([a.onnx_path for a in artifacts.values()], options)]
+        atomic_write(Path(out_dir) / "report" / "bench.json", json.dumps(rows, indent=1).encode())
+        render_report(rows, [a.figures for a in artifacts.values()], Path(out_dir) / "report")
     return [_row(a) for a in artifacts.values()]
 
 

@@ -49,10 +49,11 @@ def _cmd_build(args) -> int:
     from pipeline.report import render_table
 
     out = Path(args.out) if args.out else _artifact_dir(args)
-    rows = build_models(args.models, out, data_dirs=tuple(Path(d) for d in args.data), cache_dir=args.cache_dir)
+    rows = build_models(args.models, out, data_dirs=tuple(Path(d) for d in args.data), cache_dir=args.cache_dir,
+                        bench=not args.no_bench)
     columns = ["model", "precision", "size_mb", "parity_max_abs", "decoded_parity", "metric", "latency"]
     print(render_table(rows, columns))
-    print(f"artifacts and their figures (JSON) in {out}")
+    print(f"artifacts and their figures (JSON) in {out}" + ("" if args.no_bench else f"; report in {out / 'report'}"))
     return 0
 
 
@@ -228,6 +229,7 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--out", help="artifact directory (default: CACHE/artifacts)")
     build.add_argument("--data", action="append", default=[], metavar="DIR",
                        help="evaluation folder (LFW layout for face verification); repeatable")
+    build.add_argument("--no-bench", action="store_true", help="skip the closing CPU benchmark and report")
     build.set_defaults(func=_cmd_build)
 
     ev = sub.add_parser("eval", help="task metrics on a data folder: LFW pairs (face verification), COCO "

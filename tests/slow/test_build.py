@@ -28,3 +28,7 @@ def test_build_exports_evaluates_and_summarises_every_model(shared_data, cache_d
     assert latency["per_face_ms_p50"] > 0 and latency["machine"]["cpu"]
     assert json.loads((tmp_path / "nanodet_g.coco.fp32.json").read_text())["detector_latency"]["image_ms_p50"] > 0
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+    rows = json.loads((tmp_path / "report" / "bench.json").read_text())
+    assert {r["ep"] for r in rows} >= {"cpu", "torch", "opencv-dnn"} and all(r["status"] == "ok" for r in rows)
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<svg" in html and "nanodet_g.coco" in html
