@@ -170,6 +170,20 @@ def _cmd_env_create(args) -> int:
     return 0
 
 
+def _cmd_demo(args) -> int:
+    """Hand over to Streamlit; flags after `demo` go to `streamlit run` unchanged."""
+    import subprocess
+
+    app = Path(__file__).resolve().parents[1] / "apps" / "Home.py"
+    if not app.is_file():
+        from pipeline.runtime import InputError
+
+        raise InputError(f"{app}: the demo app is not installed (run from a source checkout)")
+    env = dict(os.environ, **({"EDGEPIPE_CACHE": str(args.cache_dir)} if args.cache_dir else {}))
+    env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")  # no telemetry from a local demo
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_flags], env=env)
+
+
 def _read_json(path: Path):
     from pipeline.runtime import InputError
 
@@ -290,6 +304,10 @@ def _parser() -> argparse.ArgumentParser:
     env_create.add_argument("name", choices=["openvino", "gpu"])
     env_create.set_defaults(func=_cmd_env_create)
 
+    demo = sub.add_parser("demo", help="the Streamlit demo: face recognition, object detection, model lab; extra "
+                          "flags go to `streamlit run` (e.g. --server.port 8601 --server.headless true)")
+    demo.set_defaults(func=_cmd_demo)
+
     run = sub.add_parser("run", help="annotate an image, a folder of images or a video with an artifact's results")
     run.add_argument("artifact", help="a detector (.onnx), or a face embedder with --gallery")
     run.add_argument("input", help="image, folder of images, or video (.mp4 .avi .mov .mkv .webm .m4v)")
@@ -319,7 +337,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (2 on any edgepipe error)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "demo":
+        args.streamlit_flags = extra  # everything after `demo` belongs to streamlit
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # our one-line errors replace ffmpeg's console noise
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("torch").setLevel(logging.ERROR)  # the exporter's notes on optional torchvision ops

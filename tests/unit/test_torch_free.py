@@ -34,3 +34,20 @@ def test_runtime_sources_import_only_allowed_modules():
                 assert root in stdlib or root in ALLOWED_ROOTS, f"{path.name} imports {name}"
                 if root == "pipeline":
                     assert name.startswith("pipeline.runtime"), f"{path.name} imports {name} outside the runtime"
+
+
+def test_apps_import_only_the_runtime_and_report():
+    apps = RUNTIME.parents[1] / "apps"
+    allowed = ALLOWED_ROOTS | {"streamlit", "pandas", "altair", "common"}
+    stdlib = set(sys.stdlib_module_names)
+    files = list(apps.rglob("*.py"))
+    assert files
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                root = name.split(".")[0]
+                assert root in stdlib or root in allowed, f"{path.name} imports {name}"
+                if root == "pipeline":
+                    assert name.startswith(("pipeline.runtime", "pipeline.report")), f"{path.name} imports {name}"
