@@ -89,7 +89,7 @@ def _cmd_faces_enroll(args) -> int:
         recognizer.enroll(args.name, read_image(path), source=str(path))
     recognizer.gallery.save(args.gallery)
     print(f"enrolled {args.name!r} from {len(args.images)} image(s); {args.gallery} now holds "
-          f"{len(recognizer.gallery.names)} people")
+          f"{len(recognizer.gallery.names)} {'person' if len(recognizer.gallery.names) == 1 else 'people'}")
     return 0
 
 
@@ -181,6 +181,7 @@ def _cmd_demo(args) -> int:
         raise InputError(f"{app}: the demo app is not installed (run from a source checkout)")
     env = dict(os.environ, **({"EDGEPIPE_CACHE": str(args.cache_dir)} if args.cache_dir else {}))
     env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")  # no telemetry from a local demo
+    env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", "25")  # MB: the uploader shows the limit the pages enforce
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_flags], env=env)
 
 

@@ -90,11 +90,12 @@ def bench_ui() -> None:
         return
     st.caption(f"`{path}`: {len(rows)} measured cells")
     rows["ep x precision"] = rows["ep"] + " / " + rows["precision"]
+    rows["cell"] = rows["ep x precision"] + " / " + rows["threads"].astype(str) + "t"  # one bar per cell, not summed
     bars = alt.Chart(rows).mark_bar().encode(
-        x=alt.X("latency_ms_p50:Q", title="latency p50 (ms)"), y=alt.Y("ep x precision:N", title=None),
+        x=alt.X("latency_ms_p50:Q", title="latency p50 (ms)"), y=alt.Y("cell:N", title=None),
         color="precision:N", row=alt.Row("model:N", title=None),
         tooltip=["model", "precision", "ep", "threads", "batch", "latency_ms_p50", "latency_ms_p90"],
-    ).transform_filter(alt.datum.batch == 1)
+    ).transform_filter(alt.datum.batch == 1).resolve_scale(y="independent")  # each model lists only its own cells
     st.altair_chart(bars)
     figs = {key: common.figures(path) for key, path in common.find_artifacts().items()}
     rows["accuracy"] = [(common.accuracy(figs.get((m, p), {})) or (None, None))[1]

@@ -38,7 +38,7 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 60) -> 
 
 @pytest.mark.slow
 def test_object_detection_in_a_browser(artifacts, shared_data, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec

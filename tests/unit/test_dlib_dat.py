@@ -146,7 +146,7 @@ def test_params_count_must_match_the_aliases(write):
 
 def test_face_net_round_trip_through_dlib_state_dict(write):
     """A random DlibResNet29, written the way dlib would, reads back key for key (fc transposed)."""
-    torch = pytest.importorskip("torch")
+    import torch
     from models.zoo.dlib_resnet import DlibResNet29, _layer_plan, dlib_state_dict
 
     torch.manual_seed(0)
