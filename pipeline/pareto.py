@@ -26,6 +26,11 @@ def _reports(eval_json: dict) -> list[tuple[str, dict]]:
                 for name, report in eval_json["evaluations"].items()]
     if "metrics" in eval_json:
         return [(Path(str(eval_json.get("data", "data"))).name, eval_json)]
+    accuracy = eval_json.get("accuracy")  # a quantized artifact's JSON: its metric on the budget's data set
+    if isinstance(accuracy, dict) and accuracy.get("quantized") is not None:
+        metrics = {accuracy["metric"]: accuracy["quantized"], **(accuracy.get("quantized_metrics") or {})}
+        return [(Path(str(accuracy.get("data", "data"))).name,
+                 {"model": eval_json.get("model"), "precision": eval_json.get("precision"), "metrics": metrics})]
     return []
 
 

@@ -213,3 +213,15 @@ def test_worker_never_writes_to_the_working_directory(tmp_path):
     benchmark([_tiny_artifact(tmp_path)], BenchOptions(eps=("cpu",), threads=(1,), runs=1, warmup=0, baselines=False,
                                                        cache_dir=tmp_path, image=_image(tmp_path)))
     assert set(os.listdir(Path.cwd())) == before
+
+
+def test_quantized_artifact_json_gives_an_accuracy_point():
+    from pipeline.pareto import accuracy_points
+
+    quantized = {"model": "m.x", "precision": "int8", "accuracy": {"metric": "map_50_95", "quantized": 0.27,
+                                                                    "data": "/d/coco_val_mini", "fp32": 0.28}}
+    fp32 = {"model": "m.x", "precision": "fp32", "evaluations": {"coco_val_mini": {"metrics": {"map_50_95": 0.28}}}}
+    rows = [{"model": "m.x", "precision": p, "ep": "cpu", "threads": 1, "batch": 1, "status": "ok",
+             "latency_ms_p50": ms} for p, ms in (("fp32", 50.0), ("int8", 30.0))]
+    points = {p["precision"]: p for p in accuracy_points(rows, [quantized, fp32])}
+    assert points["int8"]["accuracy"] == 0.27 and points["fp32"]["accuracy"] == 0.28
