@@ -263,7 +263,8 @@ def _attempt(path: Path, proto: onnx.ModelProto, meta: ArtifactMeta, fp32_path: 
         metric = _metric(path, options)
         drop = 100.0 * (fp32_metric["value"] - metric["value"])
         budget = options.max_drop if options.max_drop is not None else _BUDGET[fp32_metric["task"]][1]
-        attempt.update(metric=metric, drop_points=round(drop, 4), within_budget=drop <= budget, budget=budget,
+        # 1e-9: a drop of exactly the budget (e.g. 0.9933 -> 0.9833 = 1.0000000000000009 points) is within it
+        attempt.update(metric=metric, drop_points=round(drop, 4), within_budget=drop <= budget + 1e-9, budget=budget,
                        fp32=fp32_metric["value"])
     return attempt
 
