@@ -12,7 +12,9 @@ from tqdm import tqdm
 from models import get_spec, list_models
 from pipeline.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
 from pipeline.evaluate import detect_layout, evaluate
+from pipeline.errors import QuantizeError
 from pipeline.export import PARITY_DETECTOR, Artifact, export_onnx
+from pipeline.quantize import QuantizeOptions, quantize
 from pipeline.report import render_report
 from pipeline.runtime.atomic import atomic_write
 from pipeline.runtime.preprocess import read_image
@@ -27,7 +29,8 @@ _LAYOUT_TASK = {"lfw": Task.FACE_EMBEDDING, "coco": Task.DETECTION, "widerface":
 
 
 def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Path, ...] = (),
-                 cache_dir: Path | None = None, bench: bool = True, progress: bool = True) -> list[dict]:
+                 cache_dir: Path | None = None, calib_dir: Path | None = None, bench: bool = True,
+                 progress: bool = True) -> list[dict]:
     """Export, check and evaluate zoo models, then benchmark them and render the report; returns summary rows
     (one per artifact) and updates each artifact's JSON with its evaluations and timings.
 
@@ -37,6 +40,9 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
         data_dirs: evaluation folders (LFW, COCO or WIDER FACE layout); each is used for the models whose task
             fits its layout.
         cache_dir: weight and sample cache root.
+        calib_dir: real photos to calibrate on: then every model is also quantized to int8 with its family's
+            defaults, within the accuracy budget on the data folder of its task (a model over budget gets a row
+            saying so, and its JSON keeps the figures).
         bench: finish with a short CPU benchmark (1 thread, batch 1, with the torch and OpenCV baselines) and
             `out_dir/report/report.{md,html}`.
         progress: show progress on stderr.
@@ -62,12 +68,46 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
             artifact.figures["detector_latency"] = time_detector(artifact.onnx_path, photos)
     for artifact in artifacts.values():
         atomic_write(artifact.json_path, json.dumps(artifact.figures, indent=1).encode())
+    quantized = _quantize_all(artifacts, calib_dir, layouts, detector, out_dir) if calib_dir else []
+    built = [*artifacts.values(), *(q for q in quantized if isinstance(q, Artifact))]
     if bench:
         options = BenchOptions(threads=(1,), batch=(1,), warmup=3, runs=10, cache_dir=cache_dir)
-        rows = [r.to_dict() for r in benchmark([a.onnx_path for a in artifacts.values()], options)]
+        rows = [r.to_dict() for r in benchmark([a.onnx_path for a in built], options)]
         atomic_write(Path(out_dir) / "report" / "bench.json", json.dumps(rows, indent=1).encode())
-        render_report(rows, [a.figures for a in artifacts.values()], Path(out_dir) / "report")
-    return [_row(a) for a in artifacts.values()]
+        render_report(rows, [a.figures for a in built], Path(out_dir) / "report")
+    return [_row(a) for a in artifacts.values()] + [_quant_row(q) for q in quantized]
+
+
+def _quantize_all(artifacts, calib_dir: Path, layouts, detector, out_dir) -> list:
+    """int8 of every fp32 artifact: an Artifact, or a row dict when the budget could not be met."""
+    results = []
+    for name, artifact in artifacts.items():
+        eval_data = next((d for d, layout in layouts.items() if _LAYOUT_TASK.get(layout) == artifact.meta.task), None)
+        options = QuantizeOptions(calib_dir=Path(calib_dir), eval_data=eval_data,
+                                  detector=detector if artifact.meta.task == Task.FACE_EMBEDDING else None)
+        try:
+            results.append(quantize(artifact.onnx_path, "int8", out_dir, options))
+        except QuantizeError as e:
+            log.warning("%s", e)
+            results.append({"model": name, "precision": "int8", "metric": "over the accuracy budget: no .onnx; "
+                            f"figures in {name}.int8.json", "onnx": None})
+    return results
+
+
+def _quant_row(result) -> dict:
+    if isinstance(result, dict):
+        return result
+    figures = result.figures
+    speed, accuracy = figures.get("speed", {}), figures.get("accuracy")
+    row = {"model": figures["model"], "precision": figures["precision"], "size_mb": figures["size_mb"],
+           "latency": f"{speed.get('speedup')}x fp32 ({speed.get('threads')} threads)", "onnx": str(result.onnx_path)}
+    decoded = figures.get("parity", {}).get("decoded", {})
+    if "matched_fraction" in decoded:
+        row["decoded_parity"] = f"{decoded['matched_fraction']:.0%} of fp32 detections matched"
+    if accuracy:
+        row["metric"] = (f"{accuracy['metric']} {accuracy['quantized']:.4f} (drop {accuracy['drop_points']:.2f} "
+                         f"pts, {Path(str(accuracy['data'])).name})")
+    return row
 
 
 def _face_detector(artifacts, out_dir, cache_dir, names, layouts) -> Path | None:

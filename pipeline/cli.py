@@ -50,7 +50,7 @@ def _cmd_build(args) -> int:
 
     out = Path(args.out) if args.out else _artifact_dir(args)
     rows = build_models(args.models, out, data_dirs=tuple(Path(d) for d in args.data), cache_dir=args.cache_dir,
-                        bench=not args.no_bench)
+                        calib_dir=args.calib, bench=not args.no_bench)
     columns = ["model", "precision", "size_mb", "parity_max_abs", "decoded_parity", "metric", "latency"]
     print(render_table(rows, columns))
     print(f"artifacts and their figures (JSON) in {out}" + ("" if args.no_bench else f"; report in {out / 'report'}"))
@@ -244,6 +244,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--out", help="artifact directory (default: CACHE/artifacts)")
     build.add_argument("--data", action="append", default=[], metavar="DIR",
                        help="evaluation folder (LFW layout for face verification); repeatable")
+    build.add_argument("--calib", type=Path, help="real photos to calibrate on: also build int8 artifacts within "
+                       "the accuracy budget on the --data folder of each model's task")
     build.add_argument("--no-bench", action="store_true", help="skip the closing CPU benchmark and report")
     build.set_defaults(func=_cmd_build)
 

@@ -3,7 +3,9 @@ source: `quantize(artifact, precision, out_dir, options) -> Artifact` writes `NA
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import tempfile
@@ -242,8 +244,9 @@ def _calibrate(prepared: Path, meta: ArtifactMeta, inputs, tmp: Path, method: Ca
     try:
         calibrator = create_calibrator(prepared, augmented_model_path=str(tmp / "augmented.onnx"),
                                        calibrate_method=_ORT_METHOD[method], extra_options=extra)
-        calibrator.collect_data(ImageReader(meta.input_name, inputs))
-        save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
+        with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
+            calibrator.collect_data(ImageReader(meta.input_name, inputs))
+            save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
     except Exception as e:  # onnxruntime's calibrator raises untyped errors; report one line
         raise QuantizeError(f"{meta.model_name}: int8 calibration failed: {type(e).__name__}: {str(e)[:200]}") from e
     return tmp / "ranges.json"

@@ -32,3 +32,14 @@ def test_build_exports_evaluates_and_summarises_every_model(shared_data, cache_d
     assert {r["ep"] for r in rows} >= {"cpu", "torch", "opencv-dnn"} and all(r["status"] == "ok" for r in rows)
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<svg" in html and "nanodet_g.coco" in html
+
+
+def test_build_with_calib_adds_int8_within_the_budget(shared_data, cache_dir, tmp_path, capsys):
+    code = main(["--cache-dir", str(cache_dir), "build", "nanodet_g.coco", "--out", str(tmp_path), "--no-bench",
+                 "--data", str(shared_data / "coco_val_mini"), "--calib", str(shared_data / "coco_calib")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    figures = json.loads((tmp_path / "nanodet_g.coco.int8.json").read_text())
+    assert (tmp_path / "nanodet_g.coco.int8.onnx").is_file() and figures["accuracy"]["within_budget"]
+    assert figures["accuracy"]["drop_points"] <= 1.0 and figures["speed"]["speedup"] > 0
+    assert "int8" in out and "drop" in out
