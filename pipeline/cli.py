@@ -96,19 +96,18 @@ def _cmd_faces_enroll(args) -> int:
 def _cmd_faces_identify(args) -> int:
     from pipeline.runtime import InputError, read_image
     from pipeline.runtime.atomic import atomic_write
-    from pipeline.runtime.draw import draw_faces, encode_image
+    from pipeline.runtime.draw import draw_identities, encode_image
 
     recognizer = _recognizer(args, gallery_must_exist=True)
     image = read_image(args.image)
     results = recognizer.identify(image, args.threshold)
     if not results:
         raise InputError(f"no face found in {args.image}")
-    labels = [f"{m.name or 'unknown'} {m.distance:.2f}" for _, m in results]
-    for (face, match), label in zip(results, labels):
+    annotated, labels = draw_identities(image, results)
+    for (face, _), label in zip(results, labels):
         print(f"{label}  box={[round(float(v)) for v in face.box_xyxy]}  score={face.score:.2f}")
     if args.out:
-        atomic_write(args.out, encode_image(draw_faces(image, [f for f, _ in results], labels,
-                                                       [m.name is not None for _, m in results]), Path(args.out).suffix or ".jpg"))
+        atomic_write(args.out, encode_image(annotated, Path(args.out).suffix or ".jpg"))
     return 0
 
 

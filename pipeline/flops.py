@@ -125,7 +125,7 @@ def cpu_peak_gflops() -> tuple[float | None, str]:
     Returns:
         (GFLOP/s per core or None when the clock is unknown, a one-line account of the formula).
     """
-    flags = _cpu_flags()
+    flags = cpu_flags()
     for flag, per_cycle, how in _FLOP_PER_CYCLE:
         needed = flag.split("+")
         if all(f in flags for f in needed):
@@ -139,7 +139,8 @@ def cpu_peak_gflops() -> tuple[float | None, str]:
     return gflops, f"{how} = {per_cycle} flop/cycle x {mhz / 1e3:.3f} GHz ({source}) = {gflops:.1f} GFLOP/s per core"
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
+    """The ISA flags /proc/cpuinfo lists for this CPU (empty where it cannot be read)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):

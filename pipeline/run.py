@@ -14,7 +14,7 @@ from tqdm import tqdm
 from pipeline.errors import InputError, SpecError
 from pipeline.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer, ObjectDetector, load
 from pipeline.runtime.atomic import atomic_write
-from pipeline.runtime.draw import draw_detections, draw_faces, encode_image
+from pipeline.runtime.draw import draw_detections, draw_faces, draw_identities, encode_image
 from pipeline.runtime.preprocess import IMAGE_SUFFIXES, read_image
 from pipeline.runtime.specs import BlazeFaceHead, EmbeddingHead, GFLHead
 from pipeline.runtime.video import VIDEO_SUFFIXES, VideoOut, open_video, read_frames
@@ -42,11 +42,20 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
     head = model.meta.head
     if isinstance(head, GFLHead):
         objects = ObjectDetector(model)
-        return lambda im: (lambda d: (draw_detections(im, d), len(d)))(objects.detect(im, score_thresh))
+
+        def detect_objects(im):
+            found = objects.detect(im, score_thresh)
+            return draw_detections(im, found), len(found)
+
+        return detect_objects
     if isinstance(head, BlazeFaceHead):
         faces = FaceDetector(model)
-        return lambda im: (lambda f: (draw_faces(im, f, [f"{x.score:.2f}" for x in f]), len(f)))(
-            faces.detect(im, score_thresh))
+
+        def detect_faces(im):
+            found = faces.detect(im, score_thresh)
+            return draw_faces(im, found, [f"{face.score:.2f}" for face in found]), len(found)
+
+        return detect_faces
     if isinstance(head, EmbeddingHead):
         if gallery is None or detector is None:
             raise SpecError(f"{artifact} is a face embedder: pass --gallery and --detector to identify people")
@@ -54,8 +63,7 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
 
         def identify(im):
             results = recognizer.identify(im)
-            labels = [f"{m.name or 'unknown'} {m.distance:.2f}" for _, m in results]
-            return draw_faces(im, [f for f, _ in results], labels, [m.name is not None for _, m in results]), len(results)
+            return draw_identities(im, results)[0], len(results)
 
         return identify
     raise SpecError(f"{artifact}: no runner for a {head.kind!r} head")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.flops import cpu_flags
 from pipeline.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
 from pipeline.runtime.specs import GFLHead
 
@@ -23,17 +24,14 @@ def machine_info() -> dict:
 
     import onnxruntime
 
-    model, flags = platform.processor() or platform.machine(), []
+    model = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                flags = sorted(f for f in present if f.startswith(("avx", "fma", "sse4", "amx")) or f == "f16c")
-                break
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
     except OSError:
         pass
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "sse4", "amx")) or f == "f16c")
     return {"cpu": model, "isa": flags, "cores": os.cpu_count(), "onnxruntime": onnxruntime.__version__,
             "python": platform.python_version()}
 

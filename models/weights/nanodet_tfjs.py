@@ -50,20 +50,8 @@ class _Dataflow:
         producers = (self.by_name.get(_source(ref)) for ref in node.inputs if _source(ref))
         return [p for p in producers if p is not None and p.op != "Const"]
 
-    def _conv_ancestors(self, start: TfjsNode) -> frozenset[str]:
-        seen, found, stack = set(), set(), list(self.data_inputs(start))
-        while stack:
-            node = stack.pop()
-            if node.name in seen:
-                continue
-            seen.add(node.name)
-            if node.op == "Conv2D":
-                found.add(node.name)
-            stack.extend(self.data_inputs(node))
-        return frozenset(found)
-
-    def nearest_convs(self, start: TfjsNode) -> list[TfjsNode]:
-        """The Conv2D nodes reached walking up from `start` without passing through another Conv2D."""
+    def _walk_up_to_convs(self, start: TfjsNode, *, through_convs: bool) -> dict[str, TfjsNode]:
+        """Conv2D nodes above `start`: all of them, or only the nearest ones (not walking past a Conv2D)."""
         seen, found, stack = set(), {}, list(self.data_inputs(start))
         while stack:
             node = stack.pop()
@@ -72,9 +60,17 @@ class _Dataflow:
             seen.add(node.name)
             if node.op == "Conv2D":
                 found[node.name] = node
-            else:
-                stack.extend(self.data_inputs(node))
-        return list(found.values())
+                if not through_convs:
+                    continue
+            stack.extend(self.data_inputs(node))
+        return found
+
+    def _conv_ancestors(self, start: TfjsNode) -> frozenset[str]:
+        return frozenset(self._walk_up_to_convs(start, through_convs=True))
+
+    def nearest_convs(self, start: TfjsNode) -> list[TfjsNode]:
+        """The Conv2D nodes reached walking up from `start` without passing through another Conv2D."""
+        return list(self._walk_up_to_convs(start, through_convs=False).values())
 
 
 def _output_levels(path: Path, flow: _Dataflow, document_rows: dict[str, int]) -> list[list[TfjsNode]]:

@@ -22,13 +22,26 @@ def draw_faces(image_rgb: np.ndarray, faces, labels: list[str] | None = None, kn
         for x, y in face.keypoints_xy:
             cv2.circle(out, (int(round(x)), int(round(y))), thickness + 1, (255, 220, 0), -1)
         if labels:
-            scale = 0.5 * thickness
-            (tw, th), base = cv2.getTextSize(labels[i], cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-            top = max(0, y1 - th - base - 2)
-            cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
-            cv2.putText(out, labels[i], (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255),
-                        thickness, cv2.LINE_AA)
+            _draw_label(out, labels[i], (x1, y1), colour, 0.5 * thickness, thickness, (255, 255, 255))
     return out
+
+
+def _draw_label(out: np.ndarray, text: str, corner_xy: tuple[int, int], colour, scale: float, thickness: int,
+                text_colour) -> None:
+    """A filled tag with `text` sitting on a box's top-left corner (pushed inside the image at the top edge)."""
+    x1, y1 = corner_xy
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    top = max(0, y1 - th - base - 2)
+    cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
+    cv2.putText(out, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, text_colour, thickness,
+                cv2.LINE_AA)
+
+
+def draw_identities(image_rgb: np.ndarray, results) -> tuple[np.ndarray, list[str]]:
+    """`draw_faces` for `FaceRecognizer.identify` results: (annotated copy, labels 'name distance' or 'unknown ...')."""
+    labels = [f"{match.name or 'unknown'} {match.distance:.2f}" for _, match in results]
+    known = [match.name is not None for _, match in results]
+    return draw_faces(image_rgb, [face for face, _ in results], labels, known), labels
 
 
 def encode_image(image_rgb: np.ndarray, suffix: str = ".jpg") -> bytes:
@@ -54,10 +67,5 @@ def draw_detections(image_rgb: np.ndarray, detections) -> np.ndarray:
         colour = _colour(det.class_id)
         x1, y1, x2, y2 = (int(round(v)) for v in det.box_xyxy)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        text = f"{det.label} {det.score:.2f}"
-        scale = 0.4 * thickness
-        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-        top = max(0, y1 - th - base - 2)
-        cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 2), colour, -1)
-        cv2.putText(out, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+        _draw_label(out, f"{det.label} {det.score:.2f}", (x1, y1), colour, 0.4 * thickness, thickness, (0, 0, 0))
     return out

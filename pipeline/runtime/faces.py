@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,7 @@ def faces_from_outputs(
     """Decode one image's raw detector outputs ((A, 1), (A, 16)) into faces in source pixels, after NMS."""
     head: BlazeFaceHead = meta.head  # type: ignore[assignment]
     if score_thresh is not None:
-        head = BlazeFaceHead(**{**head.__dict__, "score_thresh": float(score_thresh)})
+        head = dataclasses.replace(head, score_thresh=float(score_thresh))
     anchors = blazeface_anchors(head, meta.input.input_hw)
     if len(anchors) != len(regressors):
         raise ArtifactError(f"{meta.model_name}: {len(regressors)} regressor rows but the head implies {len(anchors)} anchors")

@@ -26,19 +26,20 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: is a directory, expected an image file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    data = np.fromfile(path, dtype=np.uint8)
-    image_bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if image_bgr is None:
-        raise InputError(f"{path}: not a readable image (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
+    return _decode(np.fromfile(path, dtype=np.uint8),
+                   f"{path}: not a readable image (expected one of {', '.join(IMAGE_SUFFIXES)})")
 
 
 def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
     """Decode encoded image bytes (e.g. an upload) to uint8 HWC RGB; raises InputError if they are not an image."""
-    buffer = np.frombuffer(data, dtype=np.uint8)
+    return _decode(np.frombuffer(data, dtype=np.uint8), f"{name}: not a readable image")
+
+
+def _decode(buffer: np.ndarray, error: str) -> np.ndarray:
+    """Encoded bytes -> uint8 HWC RGB, or InputError(error)."""
     image_bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if image_bgr is None:
-        raise InputError(f"{name}: not a readable image")
+        raise InputError(error)
     return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -77,11 +77,11 @@ def test_uncounted_ops_add_nothing_and_unknown_shapes_are_an_error():
 
 
 def test_peak_is_isa_flop_per_cycle_times_clock(monkeypatch):
-    monkeypatch.setattr(flops, "_cpu_flags", lambda: {"sse2", "avx", "avx2", "fma"})
+    monkeypatch.setattr(flops, "cpu_flags", lambda: {"sse2", "avx", "avx2", "fma"})
     monkeypatch.setattr(flops, "_clock_mhz", lambda: (2000.0, "test"))
     per_core, formula = cpu_peak_gflops()
     assert per_core == pytest.approx(64.0) and "32 flop/cycle" in formula and "AVX2+FMA" in formula
-    monkeypatch.setattr(flops, "_cpu_flags", lambda: {"avx512f", "avx2", "fma"})
+    monkeypatch.setattr(flops, "cpu_flags", lambda: {"avx512f", "avx2", "fma"})
     assert cpu_peak_gflops()[0] == pytest.approx(128.0)
     monkeypatch.setattr(flops, "_clock_mhz", lambda: (None, ""))
     assert cpu_peak_gflops()[0] is None
