@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 from dataclasses import dataclass
@@ -18,27 +19,31 @@ from pipeline.specs import ModelSpec
 __all__ = ["list_models", "get_spec", "build"]
 
 Converter = Callable[[Path], dict[str, torch.Tensor]]  # source file -> state dict of the builder's module
+Reclass = Callable[[dict[str, torch.Tensor], int], dict[str, torch.Tensor]]  # zoo state dict -> one for N classes
 
 
 @dataclass(frozen=True)
 class _Entry:
     spec: ModelSpec
-    builder: Callable[[], nn.Module]
+    builder: Callable[..., nn.Module]  # (num_classes=...) too, where `reclass` is given
     convert: Converter | None
+    reclass: Reclass | None
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register(spec: ModelSpec, *, convert: Converter | None = None):
-    """Decorator adding a zoo entry whose builder returns a randomly initialised module."""
+def register(spec: ModelSpec, *, convert: Converter | None = None, reclass: Reclass | None = None):
+    """Decorator adding a zoo entry whose builder returns a randomly initialised module. `reclass` makes the entry
+    trainable on other classes: the builder then takes `num_classes`, and `reclass` adapts the zoo weights (class
+    rows re-initialised, everything class-agnostic kept)."""
 
     def decorator(builder: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if spec.name in _REGISTRY:
             raise SpecError(f"model {spec.name!r} is registered twice")
         if (spec.weights is None) != (convert is None):
             raise SpecError(f"{spec.name}: a weight source needs a converter and vice versa")
-        _REGISTRY[spec.name] = _Entry(spec, builder, convert)
+        _REGISTRY[spec.name] = _Entry(spec, builder, convert, reclass)
         return builder
 
     return decorator
@@ -63,29 +68,55 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def build(name: str, pretrained: bool = True, *, cache_dir: Path | None = None,
-          weights: Path | None = None) -> nn.Module:
+          weights: Path | None = None, labels: tuple[str, ...] | None = None) -> nn.Module:
     """Build a zoo model in eval mode.
 
     Args:
         name: registry key, e.g. "dlib_resnet29.facerec".
         pretrained: load the converted source weights (fetched and cached on first use).
         cache_dir: cache root (default: `$EDGEPIPE_CACHE` or `~/.cache/edgepipe`).
-        weights: a safetensors state dict to load instead of the zoo weights.
+        weights: a safetensors state dict or an `edgepipe train` checkpoint (whose labels size the head) to load
+            instead of the zoo weights.
+        labels: classes of a model to be trained: the head is re-sized to them and the zoo weights adapted.
 
     Returns:
         The module, in eval mode.
 
     Raises:
         UnknownModelError: unknown name. WeightImportError: weights cannot be fetched, verified or loaded.
+        TrainError: a checkpoint is unreadable or of another model. SpecError: the model cannot change its classes.
     """
     from models.pretrained import load_pretrained, load_safetensors
+    from models.training.checkpoint import is_checkpoint, read_checkpoint
     from models.weights.load import load_strict
 
     entry = _entry(name)
-    model = entry.builder()
+    state_dict, source = None, f"{name} weights"
     if weights is not None:
-        load_strict(model, load_safetensors(Path(weights)), source=str(weights))
-    elif pretrained and entry.convert is not None:
+        if is_checkpoint(Path(weights)):
+            checkpoint = read_checkpoint(weights, model=name)
+            state_dict, labels = checkpoint.weights, checkpoint.labels
+        else:
+            state_dict = load_safetensors(Path(weights))
+        source = str(weights)
+    resized = labels is not None and tuple(labels) != entry.spec.labels
+    if resized and entry.reclass is None:
+        raise SpecError(f"{name} cannot be re-sized to other classes (it has no class head to re-train)")
+    model = entry.builder(num_classes=len(labels)) if resized else entry.builder()
+    if state_dict is None and pretrained and entry.convert is not None:
         state_dict = load_pretrained(entry.spec, entry.convert, cache_dir)
-        load_strict(model, state_dict, source=f"{name} weights")
+        if resized:
+            state_dict = entry.reclass(state_dict, len(labels))
+    if state_dict is not None:
+        load_strict(model, state_dict, source=source)
     return model.eval()
+
+
+def spec_of(name: str, weights: Path | None = None) -> ModelSpec:
+    """The spec of a zoo model, with the labels of a training checkpoint when `weights` is one."""
+    from models.training.checkpoint import is_checkpoint, read_checkpoint
+
+    spec = get_spec(name)
+    if weights is not None and is_checkpoint(Path(weights)):
+        spec = dataclasses.replace(spec, labels=read_checkpoint(weights, model=name).labels)
+    return spec

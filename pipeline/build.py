@@ -12,7 +12,7 @@ from tqdm import tqdm
 from models import get_spec, list_models
 from pipeline.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
 from pipeline.evaluate import detect_layout, evaluate
-from pipeline.errors import QuantizeError
+from pipeline.errors import QuantizeError, SpecError
 from pipeline.export import PARITY_DETECTOR, Artifact, export_onnx
 from pipeline.quantize import QuantizeOptions, quantize
 from pipeline.report import render_report
@@ -30,7 +30,7 @@ _LAYOUT_TASK = {"lfw": Task.FACE_EMBEDDING, "coco": Task.DETECTION, "widerface":
 
 def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Path, ...] = (),
                  cache_dir: Path | None = None, calib_dir: Path | None = None, bench: bool = True,
-                 progress: bool = True) -> list[dict]:
+                 weights: Path | None = None, progress: bool = True) -> list[dict]:
     """Export, check and evaluate zoo models, then benchmark them and render the report; returns summary rows
     (one per artifact) and updates each artifact's JSON with its evaluations and timings.
 
@@ -45,19 +45,26 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
             saying so, and its JSON keeps the figures).
         bench: finish with a short CPU benchmark (1 thread, batch 1, with the torch and OpenCV baselines) and
             `out_dir/report/report.{md,html}`.
+        weights: an `edgepipe train` checkpoint (or a state dict) for the one model named, instead of its zoo
+            weights; a detector trained on 'face' is scored on WIDER FACE folders.
         progress: show progress on stderr.
+
+    Raises:
+        SpecError: an unknown model, or `weights` with other than one model.
     """
     names = list(names or list_models())
+    if weights is not None and len(names) != 1:
+        raise SpecError(f"--weights belongs to one model; name exactly one MODEL (got {len(names)})")
     for name in names:
         get_spec(name)  # fail on an unknown name before any work
     layouts = {Path(d): detect_layout(Path(d)) for d in data_dirs}
     artifacts: dict[str, Artifact] = {}
     for name in tqdm(names, desc="export", unit="model", disable=not progress):
-        artifacts[name] = export_onnx(name, out_dir, cache_dir=cache_dir)
+        artifacts[name] = export_onnx(name, out_dir, cache_dir=cache_dir, weights=weights)
     detector = _face_detector(artifacts, out_dir, cache_dir, names, layouts)
     for data_dir, layout in layouts.items():
         for name, artifact in artifacts.items():
-            if artifact.meta.task == _LAYOUT_TASK.get(layout):
+            if _fits(artifact, layout):
                 report = evaluate(artifact.onnx_path, data_dir, detector=detector, progress=progress)
                 artifact.figures.setdefault("evaluations", {})[data_dir.name] = json.loads(report.to_json())
     photos = [read_image(p) for p in sample_images(cache_dir)]
@@ -82,7 +89,7 @@ def _quantize_all(artifacts, calib_dir: Path, layouts, detector, out_dir) -> lis
     """int8 of every fp32 artifact: an Artifact, or a row dict when the budget could not be met."""
     results = []
     for name, artifact in artifacts.items():
-        eval_data = next((d for d, layout in layouts.items() if _LAYOUT_TASK.get(layout) == artifact.meta.task), None)
+        eval_data = next((d for d, layout in layouts.items() if _fits(artifact, layout)), None)
         options = QuantizeOptions(calib_dir=Path(calib_dir), eval_data=eval_data,
                                   detector=detector if artifact.meta.task == Task.FACE_EMBEDDING else None)
         try:
@@ -92,6 +99,13 @@ def _quantize_all(artifacts, calib_dir: Path, layouts, detector, out_dir) -> lis
             results.append({"model": name, "precision": "int8", "metric": "over the accuracy budget: no .onnx; "
                             f"figures in {name}.int8.json", "onnx": None})
     return results
+
+
+def _fits(artifact: Artifact, layout: str) -> bool:
+    """Whether a data folder of this layout scores this artifact: its task's layout, or WIDER FACE for a box
+    detector with a 'face' class (a fine-tuned one)."""
+    return artifact.meta.task == _LAYOUT_TASK.get(layout) or (
+        layout == "widerface" and artifact.meta.task == Task.DETECTION and "face" in artifact.meta.labels)
 
 
 def _quant_row(result) -> dict:

@@ -8,6 +8,7 @@ from pipeline.runtime.errors import (  # noqa: F401
     InputError,
     QuantizeError,
     SpecError,
+    TrainError,
     UnknownModelError,
     WeightImportError,
 )

@@ -20,6 +20,7 @@ import torch
 
 import pipeline
 from models import build, get_spec
+from models.registry import spec_of
 from pipeline.errors import ArtifactError, ExportError
 from pipeline.export_nms import NMS_OUTPUTS, GFLDecoded, with_nms
 from pipeline.parity import chips_for_parity, measure_parity
@@ -92,13 +93,16 @@ def export_onnx(
     """
     if opset < 18:
         raise ExportError(f"opset must be >= 18 (the exporter cannot convert Pad below 18), got {opset}")
-    spec = get_spec(name)
+    spec = spec_of(name, weights)  # a training checkpoint brings its own labels
     model = build(name, cache_dir=cache_dir, weights=weights)
     out_dir = Path(out_dir)
     onnx_path = out_dir / f"{name}.fp32.onnx"
     started = time.perf_counter()
     input_name = next(iter(inspect.signature(model.forward).parameters))
     meta = artifact_meta(spec, opset=opset, input_name=input_name)
+    if weights is not None:  # provenance: the file actually exported
+        meta = dataclasses.replace(meta, source_package="local weights", source_file=Path(weights).name,
+                                   source_sha256=sha256_file(Path(weights)))
     if nms_in_graph:
         if not isinstance(spec.head, GFLHead):
             raise ExportError(f"--nms-in-graph needs a box detector; {name} has a {spec.head.kind!r} head")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -171,6 +172,24 @@ from pipeline.metrics.coco import COCO80_LABELS  # noqa: E402
 from pipeline.specs import Color, GFLHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
 
 
+PRIOR_PROB = 0.01  # initial class score of a re-sized head (focal-loss init: background dominates at the start)
+
+
+def _reclass(state_dict: dict[str, torch.Tensor], num_classes: int) -> dict[str, torch.Tensor]:
+    """COCO weights for a head with `num_classes` classes: the box-distribution rows of each level's predictor are
+    kept (they are class-agnostic), the class rows start afresh (small normal weights, prior-probability bias)."""
+    generator = torch.Generator().manual_seed(0)
+    adapted = dict(state_dict)
+    for level in range(len(STRIDES)):
+        weight, bias = state_dict[f"head.{level}.predict.weight"], state_dict[f"head.{level}.predict.bias"]
+        coco_classes = weight.shape[0] - 4 * NUM_BINS
+        class_weight = torch.randn((num_classes, *weight.shape[1:]), generator=generator) * 0.01
+        class_bias = torch.full((num_classes,), -float(np.log((1 - PRIOR_PROB) / PRIOR_PROB)))
+        adapted[f"head.{level}.predict.weight"] = torch.cat([class_weight, weight[coco_classes:]])
+        adapted[f"head.{level}.predict.bias"] = torch.cat([class_bias, bias[coco_classes:]])
+    return adapted
+
+
 def _convert(path):
     from models.weights.nanodet_tfjs import nanodet_state_dict_from_tfjs
 
@@ -196,6 +215,6 @@ def _convert(path):
     source_url="https://github.com/RangiLyu/nanodet",
     published="COCO val2017 mAP 22.9 at 416x416",
     description="NanoDet-g: CustomCspNet + PAN + GFL head, 3.8M params, 4.2 GFLOPs",
-), convert=_convert)
-def nanodet_g() -> NanoDetG:
-    return NanoDetG()
+), convert=_convert, reclass=_reclass)
+def nanodet_g(num_classes: int = len(COCO80_LABELS)) -> NanoDetG:
+    return NanoDetG(num_classes)

@@ -30,6 +30,10 @@ class QuantizeError(EdgepipeError):
     """Quantization could not produce a valid artifact."""
 
 
+class TrainError(EdgepipeError):
+    """Training cannot start or go on: bad options, data that does not fit the model, a bad checkpoint."""
+
+
 class ArtifactError(EdgepipeError):
     """An ONNX artifact is missing, unreadable, or lacks a valid edgepipe contract."""
 

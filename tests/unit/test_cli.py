@@ -5,7 +5,7 @@ import pytest
 from pipeline.cli import _parser, main
 
 COMMANDS = [["zoo", "list"], ["export"], ["build"], ["eval"], ["quantize"], ["bench"], ["report"], ["env", "create"],
-            ["demo"], ["run"], ["faces", "enroll"], ["faces", "identify"]]
+            ["demo"], ["run"], ["faces", "enroll"], ["faces", "identify"], ["train"], ["split"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -33,3 +33,19 @@ def test_library_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing.onnx"), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edgepipe: error:") and len(err.splitlines()) == 1
+
+
+def test_train_and_build_option_errors_are_one_line(tmp_path, capsys):
+    assert main(["build", "nanodet_g.coco", "blazeface_back.mediapipe", "--weights", str(tmp_path / "w"),
+                 "--no-bench"]) == 2
+    assert capsys.readouterr().err.strip() == ("edgepipe: error: --weights belongs to one model; name exactly one "
+                                                "MODEL (got 2)")
+    assert main(["train", "nanodet_g.coco", "--data", str(tmp_path), "--val", str(tmp_path), "--out",
+                 str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == "edgepipe: error: --epochs is required (or --resume a run)"
+    assert main(["train", "dlib_resnet29.facerec", "--data", str(tmp_path), "--val", str(tmp_path), "--epochs", "1",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "training is available for box detectors (GFL head); this model's head is 'embedding'" in capsys.readouterr().err
+    assert main(["split", str(tmp_path), "--out", str(tmp_path / "s"), "--val-fraction", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == "edgepipe: error: val fraction must be in (0, 1), got 1.5"
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
