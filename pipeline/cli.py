@@ -116,7 +116,8 @@ def _cmd_quantize(args) -> int:
 
     options = QuantizeOptions(calib_dir=args.calib, calib_size=args.calib_size, eval_data=args.eval_data,
                               method=CalibMethod(args.method) if args.method else None, per_channel=args.per_channel,
-                              max_drop=args.max_drop, detector=args.detector)
+                              reduce_range=args.reduce_range, float_tail=args.float_tail, max_drop=args.max_drop,
+                              detector=args.detector)
     artifact = quantize(Path(args.artifact), args.precision, Path(args.out), options)
     figures, speed, accuracy = artifact.figures, artifact.figures.get("speed", {}), artifact.figures.get("accuracy")
     print(f"wrote {artifact.onnx_path} ({figures['size_mb']} MB, {figures['size_vs_fp32']:.2f} of fp32); "
@@ -311,6 +312,11 @@ def _parser() -> argparse.ArgumentParser:
     quant.add_argument("--method", choices=["minmax", "entropy", "percentile"], help="int8 calibration method")
     quant.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                        help="int8 weights: one scale per output channel (default: the family's)")
+    quant.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                       help="int8 weights in 7 bits, which the AVX2 int8 kernels need to avoid int16 overflow "
+                            "(default: on for every family; measured)")
+    quant.add_argument("--float-tail", type=float, help="share of nodes from the outputs back kept in float "
+                       "(default: 0.4 for BlazeFace, 0 otherwise)")
     quant.add_argument("--eval-data", type=Path, help="data folder for the accuracy budget (COCO, WIDER FACE, LFW)")
     quant.add_argument("--max-drop", type=float, help="largest accepted metric drop in points (default: 1.0 mAP, "
                        "0.3 verification accuracy, 1.0 face AP@0.5)")

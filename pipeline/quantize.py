@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import tempfile
 import time
 from dataclasses import dataclass
@@ -51,12 +52,31 @@ _PRECISIONS = (Precision.FP16, Precision.INT8, Precision.INT8_DYNAMIC)
 _QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
 # Task -> (EvalReport metric, largest accepted drop in points, i.e. percent of the [0, 1] metric).
 _BUDGET = {"detection": ("map_50_95", 1.0), "face_verification": ("accuracy", 0.3), "face_detection": ("ap_50", 1.0)}
-# Head kind -> (method, per_channel, calib_size) when the options leave them None: measured on coco_calib /
-# group_photos against coco_val_mini, widerface_val_100 and lfw_10ids (see the issue #5 table).
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """A family's measured int8 static settings (issue #5 table: coco_calib / group_photos chips against
+    coco_val_mini, widerface_val_100 and lfw_10ids, on an AVX2 CPU without VNNI)."""
+
+    method: CalibMethod
+    per_channel: bool
+    # 7-bit weights: u8 x s8 products summed in pairs overflow int16 in the AVX2 kernels without VNNI, and per-channel
+    # scales put every channel at the full +-127 (measured: dlib fused 0.44-0.89 points off vs 0.00-0.33 simulated).
+    reduce_range: bool
+    calib_size: int
+    float_tail: float = 0.0  # share of the graph's nodes, counted back from the outputs, kept in float
+
+
 _FAMILY_DEFAULTS = {
-    "gfl": (CalibMethod.PERCENTILE, False, 32),  # the only setting within 1.0 mAP point (0.95); MinMax: 2.06
-    "blazeface": (CalibMethod.MINMAX, True, 32),  # every int8 setting loses all AP (score logits reach ~1e4)
-    "embedding": (CalibMethod.MINMAX, True, 32),  # best first try (0.44 points); 64 chips or Entropy: 0.89
+    # Percentile, per-channel 7-bit: mAP drop 0.07 / -0.03 / 1.11 over seeds 0-2 (per-tensor 8-bit: 0.95 / 1.40 / 0.80)
+    "gfl": _Recipe(CalibMethod.PERCENTILE, per_channel=True, reduce_range=True, calib_size=32),
+    # The last stage's activations reach ~7e3 and the score logits ~1e4: with the last 40% of nodes in float, AP@0.5
+    # drops 0.08 / -0.04 / 0.51 over seeds 0-2 (all but the output head in int8: 30+ points). Still ~1.7x slower
+    # than fp32 on AVX2 without VNNI (int8 depthwise convs), so the speed warning sends users to fp32.
+    "blazeface": _Recipe(CalibMethod.PERCENTILE, per_channel=True, reduce_range=True, calib_size=32, float_tail=0.4),
+    # MinMax, per-channel 7-bit, 64 chips: accuracy drop -0.11 over seeds 0-2 (8-bit: 0.89; 32 chips: 0.11)
+    "embedding": _Recipe(CalibMethod.MINMAX, per_channel=True, reduce_range=True, calib_size=64),
 }
 
 
@@ -68,6 +88,8 @@ class QuantizeOptions:
     calib_size: int | None = None  # inputs calibrated on (face chips for an embedder)
     method: CalibMethod | None = None
     per_channel: bool | None = None  # int8 weights: one scale per output channel
+    reduce_range: bool | None = None  # int8 weights in 7 bits: no int16 overflow in AVX2 kernels without VNNI
+    float_tail: float | None = None  # share of nodes, from the outputs back, kept in float from the first try
     eval_data: Path | None = None  # a data folder `evaluate` reads; enables the accuracy budget
     max_drop: float | None = None  # points of the task metric; None: 1.0 mAP, 0.3 accuracy, 1.0 AP@0.5
     detector: Path | None = None  # face-detector artifact that finds and aligns faces for an embedder
@@ -84,6 +106,8 @@ class QuantizeOptions:
             raise QuantizeError(f"max_drop must be >= 0 points, got {self.max_drop!r}")
         if self.calib_size is not None and self.calib_size < 1:
             raise QuantizeError(f"calib_size must be >= 1, got {self.calib_size!r}")
+        if self.float_tail is not None and not 0 <= self.float_tail < 1:
+            raise QuantizeError(f"float_tail must be in [0, 1), got {self.float_tail!r}")
         if self.method is not None and not isinstance(self.method, CalibMethod):
             raise QuantizeError(f"method must be one of {[m.value for m in CalibMethod]}, got {self.method!r}")
         if min(self.max_fallback_rounds, self.nodes_per_round - 1, self.rank_inputs - 1, self.parity_inputs - 1,
@@ -98,12 +122,14 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
     Writes `out_dir/NAME.<precision>.onnx` (the fp32 contract with its precision field changed) and
     `NAME.<precision>.json`: size vs fp32, parity vs fp32 on real inputs (raw outputs and decoded results), the
     task metric of both on `options.eval_data` and its drop, calibration settings and inputs, the nodes kept in
-    float, and both latencies on this machine. int8 static over the accuracy budget re-quantizes up to
+    float, and both latencies on this machine (with a warning that names fp32 as the faster artifact where the
+    quantized one is not faster). int8 static over the accuracy budget re-quantizes up to
     `max_fallback_rounds` times, each time keeping the `nodes_per_round` nodes that add the most error in float.
 
     Args:
         artifact: an fp32 ONNX file written by `export_onnx`.
-        precision: "fp16", "int8" (static QDQ, u8 activations, s8 weights) or "int8-dynamic".
+        precision: "fp16", "int8" (static QDQ, u8 activations, s8 weights, 7-bit where the family's recipe says)
+            or "int8-dynamic".
         out_dir: output directory (created).
         options: calibration, accuracy budget and timing settings.
 
@@ -121,7 +147,7 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
     source = onnx.load(str(artifact))
     _require_float(artifact, model.meta, source)
     meta = dataclasses.replace(model.meta, precision=target)
-    method, per_channel, calib_size = _resolve(model.meta, options)
+    recipe = _resolve(model.meta, options)
     embedder = isinstance(meta.head, EmbeddingHead)
     if target == Precision.INT8 and options.calib_dir is None:
         raise QuantizeError("int8 static quantization needs calib_dir, a folder of real images")
@@ -129,7 +155,7 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
         raise QuantizeError("evaluating a face embedder needs detector, the face-detector artifact that aligns faces")
     # Without calib_dir (fp16, int8-dynamic) parity and timing run on the package's own sample photos.
     photos = list_images(Path(options.calib_dir)) if options.calib_dir is not None else sample_images()
-    size = calib_size if target == Precision.INT8 else options.parity_inputs
+    size = recipe.calib_size if target == Precision.INT8 else options.parity_inputs
     inputs, input_names = calibration_inputs(meta, photos, size, seed=options.seed, detector=options.detector)
     out_path = Path(out_dir) / f"{meta.model_name}.{target.value}.onnx"
     started = time.perf_counter()
@@ -142,15 +168,19 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
             attempts = [_attempt(tmp / "fp16.onnx", proto, meta, Path(artifact), options, fp32_metric, [])]
         elif target == Precision.INT8_DYNAMIC:
             prepared = _preprocess(Path(artifact), tmp)
-            quantize_dynamic(prepared, tmp / "dynamic.onnx", per_channel=per_channel, weight_type=QuantType.QInt8)
+            quantize_dynamic(prepared, tmp / "dynamic.onnx", per_channel=recipe.per_channel,
+                             weight_type=QuantType.QInt8)
             proto = onnx.load(str(tmp / "dynamic.onnx"))
             attempts = [_attempt(tmp / "dynamic.onnx", proto, meta, Path(artifact), options, fp32_metric, [])]
-            settings["per_channel"] = per_channel
+            settings["per_channel"] = recipe.per_channel
         else:
-            settings.update({"method": method.value, "per_channel": per_channel, "calib_size": calib_size,
-                             "calib_inputs": len(inputs), "seed": options.seed, "activations": "QUInt8",
-                             "weights": "QInt8", "format": "QDQ", "calib_images": input_names})
-            attempts = _static(Path(artifact), meta, inputs, tmp, method, per_channel, options, fp32_metric)
+            settings.update({"method": recipe.method.value, "per_channel": recipe.per_channel,
+                             "reduce_range": recipe.reduce_range, "float_tail": recipe.float_tail,
+                             "calib_size": recipe.calib_size, "calib_inputs": len(inputs), "seed": options.seed,
+                             "activations": "QUInt8", "weights": "QInt8 (7-bit)" if recipe.reduce_range else "QInt8",
+                             "format": "QDQ", "calib_images": input_names})
+            attempts = _static(Path(artifact), meta, inputs, tmp, recipe, options, fp32_metric)
+            settings["float_tail_nodes"] = attempts[0]["float_tail_nodes"]
         best = min(attempts, key=lambda a: (not a["within_budget"], a["round"]))
         if not best["within_budget"]:
             best = min(attempts, key=lambda a: a["drop_points"])
@@ -189,11 +219,11 @@ def _require_float(path: Path, meta: ArtifactMeta, proto: onnx.ModelProto) -> No
         raise QuantizeError(f"{path}: already holds quantized nodes {found}; quantize the fp32 artifact")
 
 
-def _resolve(meta: ArtifactMeta, options: QuantizeOptions) -> tuple[CalibMethod, bool, int]:
-    """Options with None replaced by the family defaults."""
-    method, per_channel, calib_size = _FAMILY_DEFAULTS[meta.head.kind]
-    return (options.method or method, per_channel if options.per_channel is None else options.per_channel,
-            options.calib_size or calib_size)
+def _resolve(meta: ArtifactMeta, options: QuantizeOptions) -> _Recipe:
+    """The family's recipe with the options that are not None put in its place."""
+    recipe = _FAMILY_DEFAULTS[meta.head.kind]
+    chosen = {field.name: getattr(options, field.name) for field in dataclasses.fields(_Recipe)}
+    return dataclasses.replace(recipe, **{name: value for name, value in chosen.items() if value is not None})
 
 
 def _preprocess(artifact: Path, tmp: Path) -> Path:
@@ -206,25 +236,27 @@ def _preprocess(artifact: Path, tmp: Path) -> Path:
     return prepared
 
 
-def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, method: CalibMethod, per_channel: bool,
-            options: QuantizeOptions, fp32_metric: dict | None) -> list[dict]:
+def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Recipe, options: QuantizeOptions,
+            fp32_metric: dict | None) -> list[dict]:
     """Calibrate once, quantize, and while over budget keep the most harmful nodes in float and retry."""
     prepared = _preprocess(artifact, tmp)
-    ranges = _calibrate(prepared, meta, inputs, tmp, method)  # computed once, reused by every round
+    ranges = _calibrate(prepared, meta, inputs, tmp, recipe.method)  # computed once, reused by every round
+    tail = _tail_nodes(onnx.load(str(prepared)), recipe.float_tail)
     excluded: list[str] = []
     attempts, harm = [], []
     for round_index in range(options.max_fallback_rounds + 1):
         path = tmp / f"int8.round{round_index}.onnx"
         try:
             quantize_static(str(prepared), str(path), ImageReader(meta.input_name, inputs), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=list(excluded), calibrate_method=_ORT_METHOD[method],
+                            per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=tail + excluded, calibrate_method=_ORT_METHOD[recipe.method],
                             calibration_cache_path=str(ranges))
         except Exception as e:  # onnxruntime's calibrator raises untyped errors; report one line
             raise QuantizeError(f"{artifact}: int8 quantization failed: {type(e).__name__}: {str(e)[:200]}") from e
         proto = onnx.load(str(path))
         attempt = _attempt(path, proto, meta, artifact, options, fp32_metric, excluded)
-        attempt["round"], attempt["harm"] = round_index, harm
+        attempt.update(round=round_index, harm=harm, float_tail_nodes=tail)
         attempts.append(attempt)
         if attempt["within_budget"] or round_index == options.max_fallback_rounds:
             break
@@ -234,6 +266,12 @@ def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, method: Calib
         excluded = excluded + sorted({n for _, _, group in ranking for n in group} - set(excluded))
         log.info("%s: %s over budget; keeping %s in float", meta.model_name, attempt["drop_points"], harm)
     return attempts
+
+
+def _tail_nodes(model: onnx.ModelProto, share: float) -> list[str]:
+    """Names of the last `share` of the nodes in execution order: the output side (wide-range logits) first."""
+    count = math.ceil(share * len(model.graph.node))
+    return [node.name for node in model.graph.node[len(model.graph.node) - count:]]
 
 
 def _calibrate(prepared: Path, meta: ArtifactMeta, inputs, tmp: Path, method: CalibMethod) -> Path:
@@ -304,7 +342,8 @@ def _figures(fp32_path: Path, best: dict, meta: ArtifactMeta, settings: dict, pa
     }
     if meta.precision != Precision.FP16 and speed["speedup"] <= 1.0:
         figures["warning"] = (f"{meta.precision.value} is not faster than fp32 on this machine "
-                              f"({speed['ms_p50']:.2f} vs {speed['fp32_ms_p50']:.2f} ms, {speed['threads']} threads)")
+                              f"({speed['ms_p50']:.2f} vs {speed['fp32_ms_p50']:.2f} ms, {speed['threads']} threads); "
+                              f"deploy {fp32_path.name} here")
     if best["metric"] is not None:
         figures["accuracy"] = {
             "data": str(options.eval_data), "metric": best["metric"]["key"], "fp32": best["fp32"],

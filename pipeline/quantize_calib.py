@@ -99,21 +99,31 @@ def _float_tensors(model: onnx.ModelProto) -> list[str]:
     return [out for node in model.graph.node for out in node.output if types.get(out) == onnx.TensorProto.FLOAT]
 
 
-def _run_exposed(model: onnx.ModelProto, tensors: list[str], input_name: str, inputs: list[np.ndarray]):
-    """Yield {tensor: value} per input with `tensors` made graph outputs, graph optimisations off (no fusion)."""
+def _dequantized(model: onnx.ModelProto) -> dict[str, str]:
+    """Tensor -> the DequantizeLinear output its consumers read in a QDQ graph (tensor -> Q -> DQ)."""
+    quantized_from = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "QuantizeLinear"}
+    return {quantized_from[node.input[0]]: node.output[0] for node in reversed(model.graph.node)
+            if node.op_type == "DequantizeLinear" and node.input[0] in quantized_from}
+
+
+def _run_exposed(model: onnx.ModelProto, tensors: list[str], input_name: str, inputs: list[np.ndarray],
+                 aliases: dict[str, str] | None = None):
+    """Yield {tensor: value} per input with `tensors` (read as `aliases[tensor]` where given) made graph outputs,
+    graph optimisations off (no fusion)."""
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
     present = {out for node in exposed.graph.node for out in node.output}
     known = {o.name for o in exposed.graph.output}
+    wanted = {(aliases or {}).get(t, t): t for t in tensors}
     exposed.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                                for t in tensors if t in present and t not in known)
+                                for t in wanted if t in present and t not in known)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs() if o.name in set(tensors)]
+    names = [o.name for o in session.get_outputs() if o.name in wanted]
     for batch in inputs:
-        yield dict(zip(names, session.run(names, {input_name: batch})))
+        yield {wanted[name]: value for name, value in zip(names, session.run(names, {input_name: batch}))}
 
 
 def rank_harmful_nodes(float_model: onnx.ModelProto, quant_model: onnx.ModelProto, input_name: str,
@@ -121,29 +131,32 @@ def rank_harmful_nodes(float_model: onnx.ModelProto, quant_model: onnx.ModelProt
     """Quantized nodes, most harmful first: (name, relative output error it adds over its worst input, the nodes
     to exclude to run it on float inputs: itself and the quantized producers of its inputs).
 
-    Both graphs run on the same inputs with every float tensor exposed; a tensor's error is
-    ||quant - fp32|| / ||fp32|| over all inputs. A node's harm is the error of its output minus the largest error
-    of its inputs: what quantizing its input activations and weights adds, not what it inherits from upstream.
+    Both graphs run on the same inputs with every float tensor exposed, the quantized one as its consumers read it
+    (after QuantizeLinear -> DequantizeLinear); a tensor's error is ||quant - fp32|| / ||fp32|| over all inputs. A
+    node's harm is the error of its output minus the largest error of its inputs: what quantizing its weights and
+    activations adds, not what it inherits from upstream. A Relu that onnxruntime folds into its producer's output
+    quantization leaves the producer writing the Relu's tensor, so outputs and producers come from the quantized graph.
     Excluding the node alone is not enough: onnxruntime keeps quantizing a tensor while its producer is quantized.
     """
     tensors = _float_tensors(float_model)
     squared_diff = dict.fromkeys(tensors, 0.0)
     squared_ref = dict.fromkeys(tensors, 0.0)
     for ref, got in zip(_run_exposed(float_model, tensors, input_name, inputs),
-                        _run_exposed(quant_model, tensors, input_name, inputs)):
+                        _run_exposed(quant_model, tensors, input_name, inputs, _dequantized(quant_model))):
         for name in set(ref) & set(got):
             squared_diff[name] += float(np.square(got[name].astype(np.float64) - ref[name]).sum())
             squared_ref[name] += float(np.square(ref[name].astype(np.float64)).sum())
     error = {t: np.sqrt(squared_diff[t] / squared_ref[t]) for t in tensors if squared_ref[t] > 0}
     by_name = {node.name: node for node in float_model.graph.node}
-    producer = {out: node.name for node in float_model.graph.node for out in node.output}
+    outputs = {node.name: node.output for node in quant_model.graph.node}
+    producer = {out: node.name for node in quant_model.graph.node for out in node.output}
     quantized = quantized_nodes(quant_model)
     harm = []
     for name in quantized:
         node = by_name.get(name)
-        if node is None or not any(out in error for out in node.output):
+        if node is None or not any(out in error for out in outputs[name]):
             continue
-        out_error = max(error[out] for out in node.output if out in error)
+        out_error = max(error[out] for out in outputs[name] if out in error)
         in_error = max([error[t] for t in node.input if t in error], default=0.0)
         group = (name, *sorted({producer[t] for t in node.input if producer.get(t) in quantized} - {name}))
         harm.append((name, float(out_error - in_error), group))

@@ -41,11 +41,20 @@ def test_dlib_int8_within_point_three_accuracy(artifacts, shared_data, tmp_path)
     calib.mkdir()
     for photo in [*(shared_data / "coco_calib").glob("*.jpg"), *(shared_data / "group_photos").glob("*.jpg")]:
         (calib / photo.name).symlink_to(photo)
-    # Measured: the default (MinMax, per-channel, 32 chips) drops 0.44 points, one fallback round 0.33 (3 of 900
-    # pairs): the 0.3 budget is one pair short, so this test holds the 0.5 that is met and records the gap.
-    options = QuantizeOptions(calib_dir=calib, detector=detector, eval_data=shared_data / "lfw_10ids", max_drop=0.5,
+    # Measured: the default (MinMax, per-channel 7-bit weights, 64 chips) drops -0.11 points over seeds 0-2, in the
+    # first try; 8-bit weights dropped 0.89 (int16 overflow in the AVX2 int8 kernels).
+    options = QuantizeOptions(calib_dir=calib, detector=detector, eval_data=shared_data / "lfw_10ids",
                               max_fallback_rounds=1, timing_runs=5)
     out = quantize(artifacts["dlib_resnet29.facerec"], "int8", tmp_path / "out", options)
     accuracy = out.figures["accuracy"]
-    assert accuracy["within_budget"] and accuracy["drop_points"] <= 0.5
+    assert accuracy["within_budget"] and accuracy["drop_points"] <= 0.3 and accuracy["max_drop_points"] == 0.3
     assert out.figures["parity"]["embedding_cosine_min"] > 0.95
+
+
+def test_blazeface_int8_within_one_ap_point(artifacts, shared_data, tmp_path):
+    options = QuantizeOptions(calib_dir=shared_data / "coco_calib", eval_data=shared_data / "widerface_val_100",
+                              max_fallback_rounds=1, timing_runs=5)
+    out = quantize(artifacts["blazeface_back.mediapipe"], "int8", tmp_path, options)
+    accuracy = out.figures["accuracy"]  # measured: 0.08 / -0.04 / 0.51 points over seeds 0-2, all in the first try
+    assert accuracy["within_budget"] and accuracy["drop_points"] <= 1.0
+    assert out.figures["settings"]["float_tail_nodes"][-1] == "node_cat_1"  # the score and box outputs stay float
