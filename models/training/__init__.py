@@ -1,0 +1,1 @@
+"""Training recipes: the generic loop, checkpoints, detection data and the GFL objective."""

@@ -136,6 +136,13 @@ def test_train_one_epoch_then_export_with_the_data_labels(wider_split, tmp_path,
     run = tmp_path / "run"
     code, err = _train_cli(capsys, small / "train", out / "val", run, "--epochs", "1", "--batch", "4")
     assert code == 0, err
+    code, err = _train_cli(capsys, small / "train", out / "val", tmp_path / "again", "--epochs", "1", "--batch", "4")
+    assert code == 0, err
+    from models.training.checkpoint import read_checkpoint
+
+    first, again = read_checkpoint(run / "last.safetensors"), read_checkpoint(tmp_path / "again" / "last.safetensors")
+    for key, tensor in first.raw_weights.items():  # deterministic on CPU for a seed
+        assert torch.equal(tensor, again.raw_weights[key]), key
     code, err = _train_cli(capsys, small / "train", out / "val", run, "--epochs", "2", "--resume",
                            str(run / "last.safetensors"))
     assert code == 0, err
