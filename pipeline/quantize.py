@@ -299,7 +299,7 @@ def _attempt(path: Path, proto: onnx.ModelProto, meta: ArtifactMeta, fp32_path: 
     proto.producer_name, proto.producer_version = "edgepipe", pipeline.__version__
     onnx.save_model(proto, str(path))
     attempt = {"path": path, "excluded": list(excluded), "round": 0, "within_budget": True, "drop_points": 0.0,
-               "metric": None, "quantized_nodes": len(quantized_nodes(proto))}
+               "metric": None, "quantized_nodes": len(set(quantized_nodes(proto)) - set(excluded))}
     if fp32_metric is not None:
         metric = _metric(path, options)
         drop = 100.0 * (fp32_metric["value"] - metric["value"])
@@ -325,7 +325,8 @@ def _figures(fp32_path: Path, best: dict, meta: ArtifactMeta, settings: dict, pa
     speed = time_pair(fp32_path, path, parity_inputs[0], meta.input_name, threads=options.threads,
                       runs=options.timing_runs)
     proto = onnx.load(str(path))
-    quantized = set(quantized_nodes(proto))
+    # A node kept in float still reads the DequantizeLinear of a quantized producer: the exclusions say it is float.
+    quantized = set(quantized_nodes(proto)) - set(best["excluded"]) - set(best.get("float_tail_nodes", ()))
     float_nodes = [n.name for n in proto.graph.node if n.name not in quantized and n.op_type not in _QUANT_OPS]
     if meta.precision == Precision.FP16:  # everything is half but the converter's block list (and its Casts)
         float_nodes = [n.name for n in proto.graph.node if n.op_type in DEFAULT_OP_BLOCK_LIST]
