@@ -122,6 +122,10 @@ def test_bad_training_input_is_one_line_and_writes_nothing(tmp_path, shared_data
     assert code == 2 and len(err) == 1
     assert "a checkpoint of 'blazeface_back.mediapipe', not of 'nanodet_g.coco'" in err[0]
     assert not out.exists()
+    out.mkdir()
+    (out / "last.safetensors").write_bytes(b"")
+    code, err = _train_cli(capsys, good, good, out, "--epochs", "1")
+    assert code == 2 and len(err) == 1 and "already holds a training run (last.safetensors); pass --resume" in err[0]
 
 
 @pytest.mark.slow
