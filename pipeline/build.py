@@ -12,6 +12,7 @@ from tqdm import tqdm
 from models import get_spec, list_models
 from pipeline.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
 from pipeline.evaluate import detect_layout, evaluate
+from pipeline.metrics.coco import read_coco
 from pipeline.errors import QuantizeError, SpecError
 from pipeline.export import PARITY_DETECTOR, Artifact, export_onnx
 from pipeline.quantize import QuantizeOptions, quantize
@@ -64,7 +65,7 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
     detector = _face_detector(artifacts, out_dir, cache_dir, names, layouts)
     for data_dir, layout in layouts.items():
         for name, artifact in artifacts.items():
-            if _fits(artifact, layout):
+            if _fits(artifact, layout, data_dir):
                 report = evaluate(artifact.onnx_path, data_dir, detector=detector, progress=progress)
                 artifact.figures.setdefault("evaluations", {})[data_dir.name] = json.loads(report.to_json())
     photos = [read_image(p) for p in sample_images(cache_dir)]
@@ -89,7 +90,7 @@ def _quantize_all(artifacts, calib_dir: Path, layouts, detector, out_dir) -> lis
     """int8 of every fp32 artifact: an Artifact, or a row dict when the budget could not be met."""
     results = []
     for name, artifact in artifacts.items():
-        eval_data = next((d for d, layout in layouts.items() if _fits(artifact, layout)), None)
+        eval_data = next((d for d, layout in layouts.items() if _fits(artifact, layout, d)), None)
         options = QuantizeOptions(calib_dir=Path(calib_dir), eval_data=eval_data,
                                   detector=detector if artifact.meta.task == Task.FACE_EMBEDDING else None)
         try:
@@ -101,9 +102,11 @@ def _quantize_all(artifacts, calib_dir: Path, layouts, detector, out_dir) -> lis
     return results
 
 
-def _fits(artifact: Artifact, layout: str) -> bool:
-    """Whether a data folder of this layout scores this artifact: its task's layout, or WIDER FACE for a box
-    detector with a 'face' class (a fine-tuned one)."""
+def _fits(artifact: Artifact, layout: str, data_dir: Path) -> bool:
+    """Whether a data folder scores this artifact: its task's layout (for COCO, with a class in common), or WIDER
+    FACE for a box detector with a 'face' class (a fine-tuned one)."""
+    if layout == "coco" and artifact.meta.task == Task.DETECTION:
+        return bool(set(artifact.meta.labels) & set(read_coco(data_dir).categories.values()))
     return artifact.meta.task == _LAYOUT_TASK.get(layout) or (
         layout == "widerface" and artifact.meta.task == Task.DETECTION and "face" in artifact.meta.labels)
 

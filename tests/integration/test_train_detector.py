@@ -129,7 +129,7 @@ def test_bad_training_input_is_one_line_and_writes_nothing(tmp_path, shared_data
 
 
 @pytest.mark.slow
-def test_train_one_epoch_then_export_with_the_data_labels(wider_split, tmp_path, cache_dir, capsys):
+def test_train_one_epoch_then_export_with_the_data_labels(wider_split, tmp_path, cache_dir, shared_data, capsys):
     """The CLI end to end on a slice: train, resume for one more epoch, export the best checkpoint; the artifact
     carries 'face' and `eval` scores it on WIDER FACE."""
     out, _ = wider_split
@@ -159,3 +159,9 @@ def test_train_one_epoch_then_export_with_the_data_labels(wider_split, tmp_path,
     assert meta.labels == ("face",) and meta.source_file == "best.safetensors"
     report = evaluate(onnx_path, out / "val", progress=False)
     assert report.task == "face_detection" and 0.0 <= report.metrics["ap_50"] <= 1.0
+    from pipeline.build import build_models
+
+    coco = _coco(tmp_path / "cats", [(1, "cat")], shared_data)  # no class in common with a face detector: skipped
+    rows = build_models([NAME], tmp_path / "built", data_dirs=(out / "val", coco), cache_dir=cache_dir, bench=False,
+                        weights=run / "best.safetensors", progress=False)
+    assert rows[0]["metric"] == f"ap_50 {report.metrics['ap_50']:.4f} (val)"
