@@ -124,7 +124,8 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
     task metric of both on `options.eval_data` and its drop, calibration settings and inputs, the nodes kept in
     float, and both latencies on this machine (with a warning that names fp32 as the faster artifact where the
     quantized one is not faster). int8 static over the accuracy budget re-quantizes up to
-    `max_fallback_rounds` times, each time keeping the `nodes_per_round` nodes that add the most error in float.
+    `max_fallback_rounds` times, each time keeping the `nodes_per_round` nodes that add the most error in float;
+    still over budget, and with `per_channel` left to the family, it tries the other weight scaling the same way.
 
     Args:
         artifact: an fp32 ONNX file written by `export_onnx`.
@@ -180,10 +181,19 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
                              "activations": "QUInt8", "weights": "QInt8 (7-bit)" if recipe.reduce_range else "QInt8",
                              "format": "QDQ", "calib_images": input_names})
             attempts = _static(Path(artifact), meta, inputs, tmp, recipe, options, fp32_metric)
+            over_budget = not any(a["within_budget"] for a in attempts)
+            if fp32_metric is not None and options.per_channel is None and over_budget:
+                # The family's weight scaling was measured on the zoo weights; a fine-tuned model may want the other.
+                other = dataclasses.replace(recipe, per_channel=not recipe.per_channel)
+                log.warning("%s: over budget with per_channel=%s; trying per_channel=%s", meta.model_name,
+                            recipe.per_channel, other.per_channel)
+                attempts += _static(Path(artifact), meta, inputs, tmp, other, options, fp32_metric, len(attempts))
             settings["float_tail_nodes"] = attempts[0]["float_tail_nodes"]
         best = min(attempts, key=lambda a: (not a["within_budget"], a["round"]))
         if not best["within_budget"]:
             best = min(attempts, key=lambda a: a["drop_points"])
+        if "per_channel" in best:
+            settings["per_channel"] = best["per_channel"]  # the weight scaling of the attempt kept
         parity_inputs = inputs[: options.parity_inputs]
         figures = _figures(Path(artifact), best, meta, settings, parity_inputs, options, attempts)
         figures["seconds"] = round(time.perf_counter() - started, 1)
@@ -191,10 +201,11 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
             figures["status"] = "over budget: no .onnx written"
             json_path = atomic_write(out_path.with_suffix(".json"), json.dumps(figures, indent=1).encode())
             accuracy = figures["accuracy"]
+            fallback_rounds = sum(1 for a in attempts if a["excluded"])
             raise QuantizeError(
                 f"{meta.model_name} {target.value}: {accuracy['metric']} drops {accuracy['drop_points']:.2f} points "
                 f"({accuracy['fp32']:.4f} -> {accuracy['quantized']:.4f}), over the {accuracy['max_drop_points']:g} "
-                f"budget after {len(attempts) - 1} fallback rounds; figures in {json_path}")
+                f"budget after {fallback_rounds} fallback rounds{_tried(attempts)}; figures in {json_path}")
         data = best["path"].read_bytes()
     atomic_write(out_path, data)
     figures["sha256"] = sha256_file(out_path)
@@ -237,15 +248,17 @@ def _preprocess(artifact: Path, tmp: Path) -> Path:
 
 
 def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Recipe, options: QuantizeOptions,
-            fp32_metric: dict | None) -> list[dict]:
+            fp32_metric: dict | None, first_round: int = 0) -> list[dict]:
     """Calibrate once, quantize, and while over budget keep the most harmful nodes in float and retry."""
     prepared = _preprocess(artifact, tmp)
-    ranges = _calibrate(prepared, meta, inputs, tmp, recipe.method)  # computed once, reused by every round
+    ranges = tmp / "ranges.json"  # activation ranges: computed once, reused by every round and weight setting
+    if not ranges.is_file():
+        _calibrate(prepared, meta, inputs, tmp, recipe.method)
     tail = _tail_nodes(onnx.load(str(prepared)), recipe.float_tail)
     excluded: list[str] = []
     attempts, harm = [], []
     for round_index in range(options.max_fallback_rounds + 1):
-        path = tmp / f"int8.round{round_index}.onnx"
+        path = tmp / f"int8.round{first_round + round_index}.onnx"
         try:
             quantize_static(str(prepared), str(path), ImageReader(meta.input_name, inputs), quant_format=QuantFormat.QDQ,
                             per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
@@ -256,7 +269,8 @@ def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Reci
             raise QuantizeError(f"{artifact}: int8 quantization failed: {type(e).__name__}: {str(e)[:200]}") from e
         proto = onnx.load(str(path))
         attempt = _attempt(path, proto, meta, artifact, options, fp32_metric, excluded)
-        attempt.update(round=round_index, harm=harm, float_tail_nodes=tail)
+        attempt.update(round=first_round + round_index, harm=harm, float_tail_nodes=tail,
+                       per_channel=recipe.per_channel)
         attempts.append(attempt)
         if attempt["within_budget"] or round_index == options.max_fallback_rounds:
             break
@@ -266,6 +280,11 @@ def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Reci
         excluded = excluded + sorted({n for _, _, group in ranking for n in group} - set(excluded))
         log.info("%s: %s over budget; keeping %s in float", meta.model_name, attempt["drop_points"], harm)
     return attempts
+
+
+def _tried(attempts: list[dict]) -> str:
+    """", per-channel and per-tensor weights tried" when the attempts covered both."""
+    return ", per-channel and per-tensor weights tried" if len({a.get("per_channel") for a in attempts}) > 1 else ""
 
 
 def _tail_nodes(model: onnx.ModelProto, share: float) -> list[str]:
@@ -351,7 +370,7 @@ def _figures(fp32_path: Path, best: dict, meta: ArtifactMeta, settings: dict, pa
             "quantized": best["metric"]["value"], "drop_points": best["drop_points"],
             "max_drop_points": best["budget"], "within_budget": best["within_budget"],
             "quantized_metrics": best["metric"]["metrics"],
-            "rounds": [{"round": a["round"], "excluded": a["excluded"], "drop_points": a["drop_points"],
-                        "harm_added": a.get("harm", [])} for a in attempts],
+            "rounds": [{"round": a["round"], "per_channel": a.get("per_channel"), "excluded": a["excluded"],
+                        "drop_points": a["drop_points"], "harm_added": a.get("harm", [])} for a in attempts],
         }
     return figures

@@ -60,3 +60,14 @@ def test_blazeface_int8_within_one_ap_point(artifacts, shared_data, tmp_path):
     tail = out.figures["settings"]["float_tail_nodes"]
     assert tail[-1] == "node_cat_1"  # the score and box outputs stay float
     assert set(tail) <= set(out.figures["nodes"]["float"])  # also the tail's first node, which reads a dequantized input
+
+
+def test_over_budget_tries_the_other_weight_scaling(artifacts, shared_data, tmp_path):
+    """With per_channel left to the family default, an over-budget result is retried with the other setting."""
+    options = QuantizeOptions(calib_dir=shared_data / "coco_calib", calib_size=8,
+                              eval_data=shared_data / "coco_val_mini", max_drop=0.0, max_fallback_rounds=0,
+                              timing_runs=3)
+    with pytest.raises(QuantizeError, match="after 0 fallback rounds, per-channel and per-tensor weights tried"):
+        quantize(artifacts["nanodet_g.coco"], "int8", tmp_path, options)
+    rounds = json.loads((tmp_path / "nanodet_g.coco.int8.json").read_text())["accuracy"]["rounds"]
+    assert [r["per_channel"] for r in rounds] == [True, False]
