@@ -38,11 +38,16 @@ def _tiny_graph(meta: ArtifactMeta = META, *, with_metadata: bool = True) -> onn
         helper.make_node("GlobalAveragePool", ["r2"], ["pooled"], name="pool"),
         helper.make_node("Flatten", ["pooled"], ["embedding"], name="flatten"),
     ]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+    return _embedder_model("tiny", nodes, weights, meta if with_metadata else None)
+
+
+def _embedder_model(name: str, nodes, weights, meta: ArtifactMeta | None) -> onnx.ModelProto:
+    """A (N, 3, 16, 16) -> (N, 32) opset-18 model of `nodes`, with our contract in its metadata unless meta is None."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
                               [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 32])], weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    if with_metadata:
+    if meta is not None:
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, meta.to_json()
     return model
@@ -113,13 +118,7 @@ def _wide_graph() -> onnx.ModelProto:
         helper.make_node("GlobalAveragePool", ["c2"], ["pooled"], name="pool"),
         helper.make_node("Flatten", ["pooled"], ["embedding"], name="flatten"),
     ]
-    graph = helper.make_graph(nodes, "wide", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
-                              [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 32])], weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, META.to_json()
-    return model
+    return _embedder_model("wide", nodes, weights, META)
 
 
 def test_int8_fused_kernels_match_the_qdq_graph(calib_dir, tmp_path):
