@@ -181,8 +181,8 @@ def _freeze(model: nn.Module, prefixes: tuple[str, ...]) -> None:
 
 def _optimizer(model: nn.Module, options: TrainOptions) -> torch.optim.Optimizer:
     # Biases take no weight decay (NanoDet's and timm's practice); order is fixed so resumed state lines up.
-    decay = [p for name, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for name, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": options.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if options.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=options.lr, momentum=options.momentum, nesterov=True)

@@ -156,3 +156,15 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(TrainError, match="trained on labels"):
         fit(LineRecipe(Line()), OPTIONS, tmp_path / "x", meta={**META, "labels": ["z"]}, validate=_validate,
             metric="neg_mse", resume=result.last, progress=False)
+
+
+def test_sgd_trains_and_resumes_exactly(tmp_path):
+    options = dataclasses.replace(OPTIONS, optimizer="sgd", lr=0.02)
+    _, straight = _fit(tmp_path / "a", options)
+    assert straight.history[-1]["train_loss"] < straight.history[0]["train_loss"]
+    n = LineRecipe(Line()).n_batches(options.batch_size)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path / "b", options, interrupt_at=n + 1)
+    _, resumed = _fit(tmp_path / "b", options, resume=tmp_path / "b" / "last.safetensors")
+    for name, tensor in _weights(straight.last).items():  # momentum buffers travel in the checkpoint too
+        assert torch.equal(tensor, _weights(resumed.last)[name]), name
