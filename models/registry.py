@@ -114,9 +114,9 @@ def build(name: str, pretrained: bool = True, *, cache_dir: Path | None = None,
 
 def spec_of(name: str, weights: Path | None = None) -> ModelSpec:
     """The spec of a zoo model, with the labels of a training checkpoint when `weights` is one."""
-    from models.training.checkpoint import is_checkpoint, read_checkpoint
+    from models.training.checkpoint import is_checkpoint, read_checkpoint_meta
 
     spec = get_spec(name)
     if weights is not None and is_checkpoint(Path(weights)):
-        spec = dataclasses.replace(spec, labels=read_checkpoint(weights, model=name).labels)
+        spec = dataclasses.replace(spec, labels=tuple(read_checkpoint_meta(weights, model=name)["labels"]))
     return spec

@@ -77,15 +77,29 @@ def read_checkpoint(path: str | Path, *, model: str | None = None) -> Checkpoint
             was trained from another model.
     """
     path = Path(path)
+    meta = read_checkpoint_meta(path, model=model)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, SafetensorError, ValueError, RuntimeError) as e:
+        raise _unreadable(path, e) from e
+    weights = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
+    raw = {k[len(TRAIN_PREFIX) + 6:]: v for k, v in tensors.items() if k.startswith(f"{TRAIN_PREFIX}model.")}
+    optim = {k[len(TRAIN_PREFIX) + 6:]: v for k, v in tensors.items() if k.startswith(f"{TRAIN_PREFIX}optim.")}
+    return Checkpoint(path, meta, weights, raw or weights, optim, tensors.get(f"{TRAIN_PREFIX}rng.torch"))
+
+
+def read_checkpoint_meta(path: str | Path, *, model: str | None = None) -> dict:
+    """The metadata of a checkpoint (model, labels, settings, ...) from its header alone, checked as
+    `read_checkpoint` checks it; the tensors are not read (nor checked for truncation)."""
+    path = Path(path)
     if not path.is_file():
         raise TrainError(f"{path}: no such checkpoint")
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (OSError, SafetensorError, ValueError, RuntimeError) as e:
-        raise TrainError(f"{path}: not a readable safetensors checkpoint (truncated or another format): "
-                         f"{str(e).splitlines()[0][:160]}") from e
+        raise _unreadable(path, e) from e
     try:
         meta = json.loads(header[METADATA_KEY])
         if meta.get("format") != FORMAT:
@@ -95,10 +109,12 @@ def read_checkpoint(path: str | Path, *, model: str | None = None) -> Checkpoint
         raise TrainError(f"{path}: not an edgepipe training checkpoint (no {FORMAT!r} metadata)") from e
     if model is not None and meta["model"] != model:
         raise TrainError(f"{path}: a checkpoint of {meta['model']!r}, not of {model!r}")
-    weights = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_PREFIX)}
-    raw = {k[len(TRAIN_PREFIX) + 6:]: v for k, v in tensors.items() if k.startswith(f"{TRAIN_PREFIX}model.")}
-    optim = {k[len(TRAIN_PREFIX) + 6:]: v for k, v in tensors.items() if k.startswith(f"{TRAIN_PREFIX}optim.")}
-    return Checkpoint(path, meta, weights, raw or weights, optim, tensors.get(f"{TRAIN_PREFIX}rng.torch"))
+    return meta
+
+
+def _unreadable(path: Path, error: Exception) -> TrainError:
+    return TrainError(f"{path}: not a readable safetensors checkpoint (truncated or another format): "
+                      f"{str(error).splitlines()[0][:160]}")
 
 
 def optimizer_state(checkpoint: Checkpoint) -> dict:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.training.checkpoint import optimizer_state, read_checkpoint, save_checkpoint
+from models.training.checkpoint import optimizer_state, read_checkpoint, read_checkpoint_meta, save_checkpoint
 from pipeline.runtime.errors import TrainError
 
 __all__ = ["fit", "TrainOptions", "Recipe"]
@@ -229,7 +229,7 @@ def _log_epoch(record: dict, metric: str, epochs: int, progress: bool) -> None:
 
 def options_from_checkpoint(path: str | Path, epochs: int | None = None) -> TrainOptions:
     """The settings a checkpoint was trained with (to resume with them), with `epochs` optionally changed."""
-    settings = dict(read_checkpoint(path).meta.get("settings", {}))
+    settings = dict(read_checkpoint_meta(path).get("settings", {}))
     fields = {f.name for f in dataclasses.fields(TrainOptions)}
     options = TrainOptions(**{k: v for k, v in settings.items() if k in fields})
     return dataclasses.replace(options, epochs=epochs) if epochs is not None else options
