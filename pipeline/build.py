@@ -12,9 +12,9 @@ from tqdm import tqdm
 from models import get_spec, list_models
 from pipeline.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
 from pipeline.evaluate import detect_layout, evaluate
-from pipeline.metrics.coco import read_coco
 from pipeline.errors import QuantizeError, SpecError
 from pipeline.export import PARITY_DETECTOR, Artifact, export_onnx
+from pipeline.metrics.coco import read_coco
 from pipeline.quantize import QuantizeOptions, quantize
 from pipeline.report import render_report
 from pipeline.runtime.atomic import atomic_write
@@ -63,9 +63,11 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
     for name in tqdm(names, desc="export", unit="model", disable=not progress):
         artifacts[name] = export_onnx(name, out_dir, cache_dir=cache_dir, weights=weights)
     detector = _face_detector(artifacts, out_dir, cache_dir, names, layouts)
-    for data_dir, layout in layouts.items():
+    scored_on = {name: [d for d, layout in layouts.items() if _fits(artifact, layout, d)]
+                 for name, artifact in artifacts.items()}  # the data folders each artifact is evaluated on
+    for data_dir in layouts:
         for name, artifact in artifacts.items():
-            if _fits(artifact, layout, data_dir):
+            if data_dir in scored_on[name]:
                 report = evaluate(artifact.onnx_path, data_dir, detector=detector, progress=progress)
                 artifact.figures.setdefault("evaluations", {})[data_dir.name] = json.loads(report.to_json())
     photos = [read_image(p) for p in sample_images(cache_dir)]
@@ -76,7 +78,7 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
             artifact.figures["detector_latency"] = time_detector(artifact.onnx_path, photos)
     for artifact in artifacts.values():
         atomic_write(artifact.json_path, json.dumps(artifact.figures, indent=1).encode())
-    quantized = _quantize_all(artifacts, calib_dir, layouts, detector, out_dir) if calib_dir else []
+    quantized = _quantize_all(artifacts, calib_dir, scored_on, detector, out_dir) if calib_dir else []
     built = [*artifacts.values(), *(q for q in quantized if isinstance(q, Artifact))]
     if bench:
         options = BenchOptions(threads=(1,), batch=(1,), warmup=3, runs=10, cache_dir=cache_dir)
@@ -86,11 +88,11 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
     return [_row(a) for a in artifacts.values()] + [_quant_row(q) for q in quantized]
 
 
-def _quantize_all(artifacts, calib_dir: Path, layouts, detector, out_dir) -> list:
+def _quantize_all(artifacts, calib_dir: Path, scored_on: dict[str, list[Path]], detector, out_dir) -> list:
     """int8 of every fp32 artifact: an Artifact, or a row dict when the budget could not be met."""
     results = []
     for name, artifact in artifacts.items():
-        eval_data = next((d for d, layout in layouts.items() if _fits(artifact, layout, d)), None)
+        eval_data = next(iter(scored_on[name]), None)
         options = QuantizeOptions(calib_dir=Path(calib_dir), eval_data=eval_data,
                                   detector=detector if artifact.meta.task == Task.FACE_EMBEDDING else None)
         try:
