@@ -1,21 +1,19 @@
 """The edgepipe demo's landing page: what it shows, which artifacts it found, and a button that builds missing ones.
 
 Run with `edgepipe demo` or `streamlit run apps/Home.py [-- --artifacts DIR --gallery FILE]`. The build runs
-`python -m pipeline.cli build --no-bench` in a subprocess, so this app never imports torch.
+`python -m edgepipe.cli build --no-bench` in a subprocess, so this app never imports torch.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-import common
+from edgepipe.apps import common
 
-REPO = Path(__file__).resolve().parents[1]
 NEEDED = (  # (model, what the demo uses it for)
     (common.FACE_DETECTORS[0], "face detection (Face recognition page)"),
     (common.EMBEDDER, "face embeddings (Face recognition page)"),
@@ -48,7 +46,7 @@ def artifacts_ui() -> list[str]:
 
 
 def build_command(models: list[str]) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", "build", *models, "--no-bench", "--out", str(common.artifacts_dir())]
+    return [sys.executable, "-m", "edgepipe.cli", "build", *models, "--no-bench", "--out", str(common.artifacts_dir())]
 
 
 def build_ui(missing: list[str]) -> None:
@@ -63,7 +61,7 @@ def build_ui(missing: list[str]) -> None:
         log = st.empty()
         lines: list[str] = []
         try:
-            process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         except OSError as e:
             status.update(label=f"Cannot start the build: {e}", state="error")
             return
@@ -82,7 +80,7 @@ def main() -> None:
     st.set_page_config(page_title="edgepipe demo", layout="wide")
     st.title("edgepipe demo")
     st.markdown("PyTorch vision models exported to ONNX and run here with **onnxruntime + numpy only** "
-                "(`pipeline.runtime`, no torch), exactly as an edge device would run them.")
+                "(`edgepipe.runtime`, no torch), exactly as an edge device would run them.")
     for page, title, text in PAGES:
         st.page_link(page, label=f"**{title}**: {text}")
     missing = artifacts_ui()

@@ -1,6 +1,6 @@
 """What the demo pages share: where artifacts live, cached sessions, and checked inputs (`read_input`).
 
-Torch-free: imports only `pipeline.runtime`. Test hook: a page that calls `input_ui(key)` reads the file at
+Torch-free: imports only `edgepipe.runtime`. Test hook: a page that calls `input_ui(key)` reads the file at
 `st.session_state[key + "_path"]` (when set) instead of an upload, through the same checks.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from pipeline.runtime import EdgepipeError, FaceDetector, FaceEmbedder, InputError, ObjectDetector, decode_image, load
-from pipeline.runtime.video import VIDEO_SUFFIXES, open_video
+from edgepipe.runtime import EdgepipeError, FaceDetector, FaceEmbedder, InputError, ObjectDetector, decode_image, load
+from edgepipe.runtime.video import VIDEO_SUFFIXES, open_video
 
 MAX_UPLOAD_MB = 25
 IMAGE_TYPES = ("jpg", "jpeg", "png", "bmp", "webp")

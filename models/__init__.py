@@ -4,7 +4,7 @@ Public API: `list_models(pattern)`, `get_spec(name)`, `build(name, pretrained=Tr
 that imports the zoo modules, which register their entries on import.
 """
 
-from models import zoo  # noqa: F401  (registers every entry)
-from models.registry import build, get_spec, list_models
+from edgepipe.models import zoo  # noqa: F401  (registers every entry)
+from edgepipe.models.registry import build, get_spec, list_models
 
 __all__ = ["list_models", "get_spec", "build"]

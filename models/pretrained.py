@@ -11,10 +11,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from pipeline.errors import WeightImportError
-from pipeline.runtime.atomic import atomic_write
-from pipeline.sources import default_cache_dir, fetch_file, sha256_file
-from pipeline.specs import ModelSpec
+from edgepipe.errors import WeightImportError
+from edgepipe.runtime.atomic import atomic_write
+from edgepipe.sources import default_cache_dir, fetch_file, sha256_file
+from edgepipe.specs import ModelSpec
 
 __all__ = ["load_pretrained", "converted_path"]
 

@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pipeline.errors import SpecError, UnknownModelError
-from pipeline.specs import ModelSpec
+from edgepipe.errors import SpecError, UnknownModelError
+from edgepipe.specs import ModelSpec
 
 __all__ = ["list_models", "get_spec", "build"]
 
@@ -86,9 +86,9 @@ def build(name: str, pretrained: bool = True, *, cache_dir: Path | None = None,
         UnknownModelError: unknown name. WeightImportError: weights cannot be fetched, verified or loaded.
         TrainError: a checkpoint is unreadable or of another model. SpecError: the model cannot change its classes.
     """
-    from models.pretrained import load_pretrained, load_safetensors
-    from models.training.checkpoint import is_checkpoint, read_checkpoint
-    from models.weights.load import load_strict
+    from edgepipe.models.pretrained import load_pretrained, load_safetensors
+    from edgepipe.models.training.checkpoint import is_checkpoint, read_checkpoint
+    from edgepipe.models.weights.load import load_strict
 
     entry = _entry(name)
     state_dict, source = None, f"{name} weights"
@@ -114,7 +114,7 @@ def build(name: str, pretrained: bool = True, *, cache_dir: Path | None = None,
 
 def spec_of(name: str, weights: Path | None = None) -> ModelSpec:
     """The spec of a zoo model, with the labels of a training checkpoint when `weights` is one."""
-    from models.training.checkpoint import is_checkpoint, read_checkpoint_meta
+    from edgepipe.models.training.checkpoint import is_checkpoint, read_checkpoint_meta
 
     spec = get_spec(name)
     if weights is not None and is_checkpoint(Path(weights)):

@@ -1,8 +1,8 @@
-"""One benchmark cell in a fresh process: `python -m pipeline.bench_worker` reads a JSON cell spec on stdin and
+"""One benchmark cell in a fresh process: `python -m edgepipe.bench_worker` reads a JSON cell spec on stdin and
 writes one JSON result on stdout; `run_cell(spec) -> dict` is the same in-process.
 
 Runs in whichever environment provides the cell's execution provider, so it imports only the stdlib and
-`pipeline.runtime` (onnxruntime, numpy, opencv) at the top; the torch baseline imports torch and the zoo itself.
+`edgepipe.runtime` (onnxruntime, numpy, opencv) at the top; the torch baseline imports torch and the zoo itself.
 Being a fresh process makes the peak RSS the cell's own and the session creation a true cold start.
 """
 
@@ -38,8 +38,8 @@ def run_cell(spec: dict) -> dict:
     try:
         import numpy as np
 
-        from pipeline.runtime.preprocess import prepare, read_image
-        from pipeline.runtime.specs import ArtifactMeta
+        from edgepipe.runtime.preprocess import prepare, read_image
+        from edgepipe.runtime.specs import ArtifactMeta
     except ImportError as e:
         return {"status": "unavailable", "reason": f"the runtime does not import in {sys.executable}: {_one_line(e)}"}
     meta = ArtifactMeta.from_json(spec["meta"])
@@ -52,7 +52,7 @@ def run_cell(spec: dict) -> dict:
 def _run_ort(spec: dict, batch, meta, started: float) -> dict:
     import onnxruntime as ort
 
-    from pipeline.runtime.session import load
+    from edgepipe.runtime.session import load
 
     provider = spec["provider"]
     if provider in _NVIDIA_PROVIDERS:
@@ -100,7 +100,7 @@ def _run_ort(spec: dict, batch, meta, started: float) -> dict:
 def _run_torch(spec: dict, batch, meta, started: float) -> dict:
     import torch
 
-    from models import build
+    from edgepipe.models import build
 
     torch.set_num_threads(int(spec["threads"]))
     import_ms, rss_before = (time.perf_counter() - started) * 1e3, _rss_mb()

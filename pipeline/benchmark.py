@@ -2,7 +2,7 @@
 worker process of the environment that provides its provider: `benchmark(artifacts, options) -> list[BenchmarkRow]`.
 
 Baselines on the same input: PyTorch eager on the source model and OpenCV DNN on the fp32 file. The older
-in-process timings (`time_face_pipeline`, `time_detector`, `machine_info`) live in `pipeline.timing`.
+in-process timings (`time_face_pipeline`, `time_detector`, `machine_info`) live in `edgepipe.timing`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from pipeline.envs import MAIN_ENV, env_python, probe_env
-from pipeline.errors import BenchmarkError
-from pipeline.flops import count_flops, cpu_peak_gflops
-from pipeline.runtime.session import METADATA_KEY
-from pipeline.runtime.specs import ArtifactMeta, Layout
-from pipeline.sources import default_cache_dir
-from pipeline.timing import machine_info, time_detector, time_face_pipeline  # noqa: F401  (re-exported)
+from edgepipe.envs import MAIN_ENV, env_python, probe_env
+from edgepipe.errors import BenchmarkError
+from edgepipe.flops import count_flops, cpu_peak_gflops
+from edgepipe.runtime.session import METADATA_KEY
+from edgepipe.runtime.specs import ArtifactMeta, Layout
+from edgepipe.sources import default_cache_dir
+from edgepipe.timing import machine_info, time_detector, time_face_pipeline  # noqa: F401  (re-exported)
 
 __all__ = ["benchmark", "BenchOptions", "BenchmarkRow"]
 
@@ -39,7 +39,7 @@ class _Target:
 
     ep: str  # the name users pass, e.g. "openvino"
     provider: str  # onnxruntime's name
-    env: str  # `pipeline.envs` environment
+    env: str  # `edgepipe.envs` environment
 
 
 _TARGETS = (
@@ -135,8 +135,8 @@ class _ArtifactInfo:
 def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow]:
     """Measure every artifact on every requested provider x thread count x batch, plus the baselines.
 
-    Every cell runs in a fresh `python -m pipeline.bench_worker` of the environment that provides its provider
-    (cpu: this interpreter; openvino / cuda / tensorrt: the managed environments of `pipeline.envs`). A provider
+    Every cell runs in a fresh `python -m edgepipe.bench_worker` of the environment that provides its provider
+    (cpu: this interpreter; openvino / cuda / tensorrt: the managed environments of `edgepipe.envs`). A provider
     that is missing is reported as an "unavailable" row with the reason, never measured on CPU instead.
 
     Args:
@@ -195,7 +195,7 @@ def _input_image(options: BenchOptions, cache_dir: Path) -> Path:
         if not Path(options.image).is_file():
             raise BenchmarkError(f"{options.image}: no such input image")
         return Path(options.image)
-    from pipeline.samples import sample_images
+    from edgepipe.samples import sample_images
 
     return sample_images(cache_dir)[0]
 
@@ -240,14 +240,21 @@ def _providers(ep: str, threads: int, batch: int, info: _ArtifactInfo, cache_dir
 
 
 def _import_shim(tmp: Path) -> Path:
-    """A folder holding only links to our packages: the worker's PYTHONPATH, so that another environment
-    imports edgepipe's code but never this environment's site-packages."""
+    """A folder holding only our package, as links: the worker's PYTHONPATH, so that another environment
+    imports edgepipe's code but never this environment's site-packages. The package is rebuilt as a folder of
+    links because an editable install maps `edgepipe.models` to a folder outside `edgepipe`'s own."""
+    import edgepipe
+
     shim = tmp / "pythonpath"
-    shim.mkdir()
-    for package in ("pipeline", "models"):
-        found = importlib.util.find_spec(package)  # locates without executing (models imports torch)
-        if found is not None and found.submodule_search_locations:
-            (shim / package).symlink_to(Path(list(found.submodule_search_locations)[0]), target_is_directory=True)
+    package = shim / "edgepipe"
+    package.mkdir(parents=True)
+    for entry in Path(edgepipe.__file__).parent.iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    for sub in ("models", "apps"):
+        found = importlib.util.find_spec(f"edgepipe.{sub}")  # locates without executing (models imports torch)
+        if found is not None and found.submodule_search_locations and not (package / sub).exists():
+            (package / sub).symlink_to(Path(list(found.submodule_search_locations)[0]), target_is_directory=True)
     return shim
 
 
@@ -264,7 +271,7 @@ def _run_worker(python: Path, extra: dict, info: _ArtifactInfo, image: Path, thr
         log.info("%s %s %s threads=%d batch=%d", info.meta.model_name, info.meta.precision.value,
                  extra.get("provider", extra["kind"]), threads, batch)
         try:
-            done = subprocess.run([str(python), "-m", "pipeline.bench_worker"], input=json.dumps(spec),
+            done = subprocess.run([str(python), "-m", "edgepipe.bench_worker"], input=json.dumps(spec),
                                   capture_output=True, text=True, timeout=options.timeout_s, env=env, cwd=cell_dir)
         except subprocess.TimeoutExpired:
             return {"status": "failed", "reason": f"the worker ran past {options.timeout_s:g} s"}

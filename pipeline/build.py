@@ -9,18 +9,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from models import get_spec, list_models
-from pipeline.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
-from pipeline.evaluate import detect_layout, evaluate
-from pipeline.errors import QuantizeError, SpecError
-from pipeline.export import PARITY_DETECTOR, Artifact, export_onnx
-from pipeline.metrics.coco import read_coco
-from pipeline.quantize import QuantizeOptions, quantize
-from pipeline.report import render_report
-from pipeline.runtime.atomic import atomic_write
-from pipeline.runtime.preprocess import read_image
-from pipeline.runtime.specs import Task
-from pipeline.samples import sample_images
+from edgepipe.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
+from edgepipe.errors import QuantizeError, SpecError
+from edgepipe.evaluate import detect_layout, evaluate
+from edgepipe.export import PARITY_DETECTOR, Artifact, export_onnx
+from edgepipe.metrics.coco import read_coco
+from edgepipe.models import get_spec, list_models
+from edgepipe.quantize import QuantizeOptions, quantize
+from edgepipe.report import render_report
+from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.preprocess import read_image
+from edgepipe.runtime.specs import Task
+from edgepipe.samples import sample_images
 
 __all__ = ["build_models"]
 
@@ -124,8 +124,8 @@ def _quant_row(result) -> dict:
     if "matched_fraction" in decoded:
         row["decoded_parity"] = f"{decoded['matched_fraction']:.0%} of fp32 detections matched"
     if accuracy:
-        row["metric"] = (f"{accuracy['metric']} {accuracy['quantized']:.4f} (drop {accuracy['drop_points']:.2f} "
-                         f"pts, {Path(str(accuracy['data'])).name})")
+        row["metric"] = (f"{accuracy['metric']} {100 * accuracy['quantized']:.2f}% (drop {accuracy['drop_points']:.2f} "
+                         f"points, {Path(str(accuracy['data'])).name})")
     return row
 
 
@@ -153,7 +153,7 @@ def _row(artifact: Artifact) -> dict:
                                  f"box {parity['box_max_abs_diff_px']:.2g} px")
     if "cosine_min" in parity:
         row["decoded_parity"] = f"{parity['n_chips']} chips, cos {parity['cosine_min']:.6f}"
-    row["metric"] = "; ".join(f"{next(iter(r['metrics']))} {next(iter(r['metrics'].values())):.4f} ({name})"
+    row["metric"] = "; ".join(f"{next(iter(r['metrics']))} {100 * next(iter(r['metrics'].values())):.2f}% ({name})"
                               for name, r in figures.get("evaluations", {}).items()) or None
     latency = figures.get("face_pipeline_latency")
     if latency:

@@ -10,22 +10,35 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.cli_train import add_training_commands
-from pipeline.errors import EdgepipeError
+from edgepipe.cli_train import add_training_commands
+from edgepipe.errors import EdgepipeError
 
 __all__ = ["main"]
 
 
 def _artifact_dir(args) -> Path:
     """CACHE/artifacts: where `build` writes by default and the face commands look for their models."""
-    from pipeline.sources import default_cache_dir
+    from edgepipe.sources import default_cache_dir
 
     return Path(args.cache_dir or default_cache_dir()) / "artifacts"
 
 
+FACE_DETECTOR = "blazeface_back.mediapipe.fp32.onnx"  # aligns faces for an embedder
+EMBEDDER = "dlib_resnet29.facerec.fp32.onnx"
+
+
+def _face_detector(args, beside: str | Path | None) -> Path | None:
+    """--detector, else the face detector beside the artifact that needs it (the folder `build`/`export --out`
+    wrote both into), else the one in CACHE/artifacts; None when there is none."""
+    if args.detector:
+        return Path(args.detector)
+    folders = ([Path(beside).parent] if beside else []) + [_artifact_dir(args)]
+    return next((folder / FACE_DETECTOR for folder in folders if (folder / FACE_DETECTOR).is_file()), None)
+
+
 def _cmd_zoo_list(args) -> int:
-    from models import get_spec, list_models
-    from pipeline.report import render_table
+    from edgepipe.models import get_spec, list_models
+    from edgepipe.report import render_table
 
     rows = [{"model": n, "task": s.task.value, "input": "x".join(map(str, s.input.shape_chw)),
              "source": s.weights.pin if s.weights else "-", "license": s.license, "published": s.published}
@@ -35,7 +48,7 @@ def _cmd_zoo_list(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from pipeline.export import export_onnx
+    from edgepipe.export import export_onnx
 
     artifact = export_onnx(args.model, Path(args.out), opset=args.opset, cache_dir=args.cache_dir,
                            weights=args.weights, images=_images(args.images), nms_in_graph=args.nms_in_graph)
@@ -46,44 +59,55 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_build(args) -> int:
-    from pipeline.build import build_models
-    from pipeline.report import render_table
+    from edgepipe.build import build_models
+    from edgepipe.report import render_table
 
     out = Path(args.out) if args.out else _artifact_dir(args)
     rows = build_models(args.models, out, data_dirs=tuple(Path(d) for d in args.data), cache_dir=args.cache_dir,
                         calib_dir=args.calib, bench=not args.no_bench, weights=args.weights)
     columns = ["model", "precision", "size_mb", "parity_max_abs", "decoded_parity", "metric", "latency"]
-    print(render_table(rows, columns))
+    scored = any(row.get("metric") for row in rows)
+    print(render_table(rows, [c for c in columns if c != "metric" or scored]))
     print(f"artifacts and their figures (JSON) in {out}" + ("" if args.no_bench else f"; report in {out / 'report'}"))
+    if not scored:
+        print("no accuracy figures: add --data DIR with a COCO, WIDER FACE or LFW folder (layouts in README) to "
+              "score each model on the data of its task")
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from pipeline.evaluate import evaluate
-    from pipeline.runtime.atomic import atomic_write
+    from edgepipe.evaluate import evaluate
+    from edgepipe.runtime.atomic import atomic_write
 
-    detector = args.detector or _artifact_dir(args) / "blazeface_back.mediapipe.fp32.onnx"
-    report = evaluate(args.artifact, args.data, detector=detector, interpolation=args.interpolation,
-                      reference=args.reference)
+    report = evaluate(args.artifact, args.data, detector=_face_detector(args, args.artifact),
+                      interpolation=args.interpolation, reference=args.reference)
     if args.json:
         atomic_write(args.json, report.to_json().encode())
     print(f"{report.task} of {report.model} ({report.precision}) on {args.data}: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in report.metrics.items() if v is not None))
+          + ", ".join(_metric_text(k, v) for k, v in report.metrics.items() if v is not None))
     return 0
 
 
-def _recognizer(args, gallery_must_exist: bool):
-    from pipeline.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer
+def _metric_text(name: str, value: float) -> str:
+    """A metric for people: fractions in percent (the points the README and `quantize` speak in)."""
+    return f"{name} {value:.4g}" if name in _NOT_FRACTIONS else f"{name} {100 * value:.2f}%"
 
-    root = _artifact_dir(args)
-    detector = FaceDetector.from_path(args.detector or root / "blazeface_back.mediapipe.fp32.onnx")
-    embedder = FaceEmbedder.from_path(args.embedder or root / "dlib_resnet29.facerec.fp32.onnx")
+
+_NOT_FRACTIONS = {"threshold"}  # the verification threshold is a distance
+
+
+def _recognizer(args, gallery_must_exist: bool):
+    from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer
+
+    embedder_path = Path(args.embedder) if args.embedder else _artifact_dir(args) / EMBEDDER
+    detector_path = _face_detector(args, embedder_path) or _artifact_dir(args) / FACE_DETECTOR
+    detector, embedder = FaceDetector.from_path(detector_path), FaceEmbedder.from_path(embedder_path)
     gallery = FaceGallery.load(args.gallery) if gallery_must_exist or Path(args.gallery).exists() else None
     return FaceRecognizer(detector, embedder, gallery)
 
 
 def _cmd_faces_enroll(args) -> int:
-    from pipeline.runtime import read_image
+    from edgepipe.runtime import read_image
 
     recognizer = _recognizer(args, gallery_must_exist=False)
     for path in args.images:  # read and detect every image before the gallery file changes
@@ -95,9 +119,9 @@ def _cmd_faces_enroll(args) -> int:
 
 
 def _cmd_faces_identify(args) -> int:
-    from pipeline.runtime import InputError, read_image
-    from pipeline.runtime.atomic import atomic_write
-    from pipeline.runtime.draw import draw_identities, encode_image
+    from edgepipe.runtime import InputError, read_image
+    from edgepipe.runtime.atomic import atomic_write
+    from edgepipe.runtime.draw import draw_identities, encode_image
 
     recognizer = _recognizer(args, gallery_must_exist=True)
     image = read_image(args.image)
@@ -113,17 +137,18 @@ def _cmd_faces_identify(args) -> int:
 
 
 def _cmd_quantize(args) -> int:
-    from pipeline.quantize import CalibMethod, QuantizeOptions, quantize
+    from edgepipe.quantize import CalibMethod, QuantizeOptions, quantize
 
     options = QuantizeOptions(calib_dir=args.calib, calib_size=args.calib_size, eval_data=args.eval_data,
                               method=CalibMethod(args.method) if args.method else None, per_channel=args.per_channel,
                               reduce_range=args.reduce_range, float_tail=args.float_tail, max_drop=args.max_drop,
-                              detector=args.detector)
+                              detector=_face_detector(args, args.artifact))
     artifact = quantize(Path(args.artifact), args.precision, Path(args.out), options)
     figures, speed, accuracy = artifact.figures, artifact.figures.get("speed", {}), artifact.figures.get("accuracy")
     print(f"wrote {artifact.onnx_path} ({figures['size_mb']} MB, {figures['size_vs_fp32']:.2f} of fp32); "
           f"{speed.get('fp32_ms_p50')} -> {speed.get('ms_p50')} ms ({speed.get('speedup')}x) at {speed.get('threads')} "
-          "threads" + (f"; {accuracy['metric']} {accuracy['fp32']:.4f} -> {accuracy['quantized']:.4f}" if accuracy else ""))
+          "threads" + (f"; {accuracy['metric']} {100 * accuracy['fp32']:.2f}% -> {100 * accuracy['quantized']:.2f}% "
+                       f"(drop {accuracy['drop_points']:.2f} points)" if accuracy else ""))
     if figures.get("warning"):
         print(f"warning: {figures['warning']}")
     return 0
@@ -137,9 +162,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _cmd_bench(args) -> int:
-    from pipeline.benchmark import BenchOptions, benchmark
-    from pipeline.report import render_table
-    from pipeline.runtime.atomic import atomic_write
+    from edgepipe.benchmark import BenchOptions, benchmark
+    from edgepipe.report import render_table
+    from edgepipe.runtime.atomic import atomic_write
 
     options = BenchOptions(eps=tuple(args.ep.split(",")), threads=args.threads, batch=args.batch, warmup=args.warmup,
                            runs=args.runs, strict_ep=args.strict_ep, baselines=not args.no_baselines,
@@ -153,7 +178,7 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from pipeline.report import render_report
+    from edgepipe.report import render_report
 
     rows = [row for path in args.results for row in _read_json(Path(path))]
     evals = [_read_json(p) for p in sorted({Path(r["artifact"]).with_suffix(".json") for r in rows if r.get("artifact")})
@@ -164,7 +189,7 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_env_create(args) -> int:
-    from pipeline.envs import create_env, probe_env
+    from edgepipe.envs import create_env, probe_env
 
     path = create_env(args.name, args.cache_dir)
     print(f"{args.name} environment at {path}: providers {probe_env(args.name, args.cache_dir).get('providers')}")
@@ -173,13 +198,14 @@ def _cmd_env_create(args) -> int:
 
 def _cmd_demo(args) -> int:
     """Hand over to Streamlit; flags after `demo` go to `streamlit run` unchanged."""
+    import importlib.util
     import subprocess
 
-    app = Path(__file__).resolve().parents[1] / "apps" / "Home.py"
-    if not app.is_file():
-        from pipeline.runtime import InputError
+    from edgepipe import apps
 
-        raise InputError(f"{app}: the demo app is not installed (run from a source checkout)")
+    if importlib.util.find_spec("streamlit") is None:  # say so here, not in a traceback from the subprocess
+        raise ModuleNotFoundError("No module named 'streamlit'", name="streamlit")
+    app = Path(apps.__file__).with_name("Home.py")  # installed with the package, so a wheel install has it too
     env = dict(os.environ, **({"EDGEPIPE_CACHE": str(args.cache_dir)} if args.cache_dir else {}))
     env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")  # no telemetry from a local demo
     env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", "25")  # MB: the uploader shows the limit the pages enforce
@@ -187,7 +213,7 @@ def _cmd_demo(args) -> int:
 
 
 def _read_json(path: Path):
-    from pipeline.runtime import InputError
+    from edgepipe.runtime import InputError
 
     try:
         return json.loads(path.read_text())
@@ -196,10 +222,11 @@ def _read_json(path: Path):
 
 
 def _cmd_run(args) -> int:
-    from pipeline.run import run_artifact
+    from edgepipe.run import run_artifact
 
+    detector = _face_detector(args, args.artifact) if args.gallery else None
     summary = run_artifact(args.artifact, args.input, args.out, score_thresh=args.score_thresh,
-                           gallery=args.gallery, detector=args.detector)
+                           gallery=args.gallery, detector=detector)
     print(f"{summary.kind}: {summary.items} {'frames' if summary.kind == 'video' else 'image(s)'}, "
           f"{summary.detections} detections, {summary.fps:.1f} per second; wrote {summary.out}")
     return 0
@@ -208,8 +235,8 @@ def _cmd_run(args) -> int:
 def _images(folder: str | None) -> list[Path] | None:
     if folder is None:
         return None
-    from pipeline.runtime import InputError
-    from pipeline.runtime.preprocess import IMAGE_SUFFIXES
+    from edgepipe.runtime import InputError
+    from edgepipe.runtime.preprocess import IMAGE_SUFFIXES
 
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
@@ -259,8 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--data", required=True, help="data folder: images/ + pairs.txt (LFW), instances.json (COCO) "
                     "or gt.txt (WIDER FACE)")
     ev.add_argument("--json", help="write the report here")
-    ev.add_argument("--detector", help="face detector artifact used for alignment (default: CACHE/artifacts/"
-                    "blazeface_back.mediapipe.fp32.onnx)")
+    ev.add_argument("--detector", help="face detector artifact used for alignment (default: "
+                    f"{FACE_DETECTOR} beside ARTIFACT, else in CACHE/artifacts)")
     ev.add_argument("--interpolation", choices=["auto", "linear", "area", "nearest", "cubic"],
                     help="override the artifact's resize interpolation (default: the artifact's own)")
     ev.add_argument("--reference", action="store_true",
@@ -285,7 +312,8 @@ def _parser() -> argparse.ArgumentParser:
     quant.add_argument("--eval-data", type=Path, help="data folder for the accuracy budget (COCO, WIDER FACE, LFW)")
     quant.add_argument("--max-drop", type=float, help="largest accepted metric drop in points (default: 1.0 mAP, "
                        "0.3 verification accuracy, 1.0 face AP@0.5)")
-    quant.add_argument("--detector", type=Path, help="face detector artifact, to find and align faces for an embedder")
+    quant.add_argument("--detector", type=Path, help="face detector artifact, to find and align faces for an embedder "
+                       f"(default: {FACE_DETECTOR} beside ARTIFACT, else in CACHE/artifacts)")
     quant.add_argument("--out", required=True, help="output directory")
     quant.set_defaults(func=_cmd_quantize)
 
@@ -317,7 +345,12 @@ def _parser() -> argparse.ArgumentParser:
     env_create.set_defaults(func=_cmd_env_create)
 
     demo = sub.add_parser("demo", help="the Streamlit demo: face recognition, object detection, model lab; extra "
-                          "flags go to `streamlit run` (e.g. --server.port 8601 --server.headless true)")
+                          "flags go to `streamlit run` (e.g. --server.port 8601 --server.headless true)",
+                          description="Open the Streamlit demo (face recognition, object detection, model lab) over "
+                          "the artifacts in CACHE/artifacts, or $EDGEPIPE_ARTIFACTS. Every flag after `demo` goes to "
+                          "`streamlit run` unchanged: --server.port PORT, --server.headless true, ... (see "
+                          "`streamlit run --help`); app flags follow a `--`: -- --artifacts DIR --gallery FILE. "
+                          "Needs the 'demo' extra.")
     demo.set_defaults(func=_cmd_demo)
 
     run = sub.add_parser("run", help="annotate an image, a folder of images or a video with an artifact's results")
@@ -326,7 +359,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="annotated image, folder, or .mp4 for a video")
     run.add_argument("--score-thresh", type=float, help="minimum score (default: the artifact's)")
     run.add_argument("--gallery", type=Path, help="face gallery, to name people with a face embedder")
-    run.add_argument("--detector", type=Path, help="face detector artifact used with --gallery")
+    run.add_argument("--detector", type=Path, help="face detector artifact used with --gallery (default: "
+                     f"{FACE_DETECTOR} beside ARTIFACT, else in CACHE/artifacts)")
     run.set_defaults(func=_cmd_run)
 
     add_training_commands(sub)
@@ -343,8 +377,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("image", help="photo to identify faces in")
             p.add_argument("--out", help="write the annotated image here (.jpg or .png)")
             p.add_argument("--threshold", type=float, help="match distance (default: the gallery's)")
-        p.add_argument("--detector", help="face detector artifact (default: CACHE/artifacts/blazeface_back...)")
-        p.add_argument("--embedder", help="face embedder artifact (default: CACHE/artifacts/dlib_resnet29...)")
+        p.add_argument("--detector", help=f"face detector artifact (default: {FACE_DETECTOR} beside the embedder, "
+                       "else in CACHE/artifacts)")
+        p.add_argument("--embedder", help=f"face embedder artifact (default: CACHE/artifacts/{EMBEDDER})")
         p.set_defaults(func=func)
     return parser
 
@@ -365,6 +400,18 @@ def main(argv: list[str] | None = None) -> int:
     except EdgepipeError as e:
         print(f"edgepipe: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:
+        extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"edgepipe: error: `edgepipe {args.command}` needs the {extra!r} extra ({e.name} is not installed): "
+              f"pip install 'edgepipe[{extra}]'", file=sys.stderr)
+        return 2
+
+
+# The optional packages, by the extra that installs them (pyproject.toml); the core install has none of them.
+_EXTRA_OF = {**dict.fromkeys(("torch", "onnx", "onnxscript", "safetensors", "pycocotools"), "torch"),
+             **dict.fromkeys(("streamlit", "pandas", "altair"), "demo")}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`edgepipe train` and `edgepipe split`: the training commands of the CLI (see `pipeline.cli`)."""
+"""`edgepipe train` and `edgepipe split`: the training commands of the CLI (see `edgepipe.cli`)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pipeline.errors import TrainError
+from edgepipe.errors import TrainError
 
 __all__ = ["add_training_commands"]
 
 
 def _cmd_train(args) -> int:
-    from models.training.loop import TrainOptions, options_from_checkpoint
-    from pipeline.train import train
+    from edgepipe.models.training.loop import TrainOptions, options_from_checkpoint
+    from edgepipe.train import train
 
     given = {"epochs": args.epochs, "batch_size": args.batch, "lr": args.lr, "optimizer": args.optimizer,
              "ema_decay": args.ema_decay, "freeze_backbone": args.freeze_backbone or None, "seed": args.seed}
@@ -37,7 +37,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_split(args) -> int:
-    from pipeline.train import split_data
+    from edgepipe.train import split_data
 
     counts = split_data(args.data, args.out, val_fraction=args.val_fraction, seed=args.seed)
     print(f"wrote {args.out}/train ({counts['train']} images) and {args.out}/val ({counts['val']} images; "

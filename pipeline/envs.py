@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.errors import BenchmarkError
-from pipeline.sources import default_cache_dir
+from edgepipe.errors import BenchmarkError
+from edgepipe.sources import default_cache_dir
 
 __all__ = ["create_env", "env_python", "probe_env"]
 

@@ -1,6 +1,6 @@
 """Re-export of the error family, which lives in the runtime so a device can ship `pipeline/runtime` alone."""
 
-from pipeline.runtime.errors import (  # noqa: F401
+from edgepipe.runtime.errors import (  # noqa: F401
     ArtifactError,
     BenchmarkError,
     EdgepipeError,

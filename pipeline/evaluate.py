@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import InputError, SpecError
-from pipeline.metrics.coco import coco_map, read_coco
-from pipeline.metrics.widerface import read_widerface_gt, widerface_ap
-from pipeline.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
-from pipeline.runtime.faces import face_chip, nearest_face
-from pipeline.runtime.postprocess import embedding_distance
-from pipeline.runtime.preprocess import read_image
-from pipeline.runtime.specs import BlazeFaceHead, EmbeddingHead, GFLHead
+from edgepipe.errors import InputError, SpecError
+from edgepipe.metrics.coco import coco_map, read_coco
+from edgepipe.metrics.widerface import read_widerface_gt, widerface_ap
+from edgepipe.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
+from edgepipe.runtime.faces import face_chip, nearest_face
+from edgepipe.runtime.postprocess import embedding_distance
+from edgepipe.runtime.preprocess import read_image
+from edgepipe.runtime.specs import BlazeFaceHead, EmbeddingHead, GFLHead
 
 __all__ = ["evaluate", "evaluate_model", "EvalReport"]
 
@@ -107,7 +107,8 @@ def evaluate_model(model, data_dir: str | Path, *, detector: str | Path | None =
             raise SpecError(f"{artifact}: a {model.meta.task.value} model cannot be evaluated on LFW pairs; "
                             "pass a face embedder")
         if detector is None:
-            raise SpecError("face verification needs --detector, the face detector artifact that aligns faces")
+            raise SpecError("face verification needs a face detector to align faces: pass --detector (none was found "
+                            "beside the embedder or in CACHE/artifacts)")
         return _face_verification(FaceEmbedder(model), FaceDetector.from_path(detector), data_dir, progress)
     if layout == "coco":
         if not isinstance(model.meta.head, GFLHead):
@@ -129,8 +130,8 @@ def _precision(model) -> str:
 
 def _torch_reference(model):
     """The zoo PyTorch model behind `model`'s artifact, wrapped to run like an onnxruntime session."""
-    from models import build
-    from pipeline.parity import TorchModel
+    from edgepipe.models import build
+    from edgepipe.parity import TorchModel
 
     meta = model.meta
     if isinstance(meta.head, GFLHead) and meta.head.mode == "nms":  # the source module gives the dense outputs

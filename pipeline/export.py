@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -10,6 +11,7 @@ import logging
 import platform
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,19 +20,19 @@ import onnx
 import onnxruntime
 import torch
 
-import pipeline
-from models import build, get_spec
-from models.registry import spec_of
-from pipeline.errors import ArtifactError, ExportError
-from pipeline.export_nms import NMS_OUTPUTS, GFLDecoded, with_nms
-from pipeline.parity import chips_for_parity, measure_parity
-from pipeline.runtime.atomic import atomic_write
-from pipeline.runtime.preprocess import read_image
-from pipeline.runtime.session import METADATA_KEY
-from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead, GFLHead, Precision
-from pipeline.samples import sample_images
-from pipeline.sources import sha256_file
-from pipeline.specs import ModelSpec
+import edgepipe
+from edgepipe.errors import ArtifactError, ExportError
+from edgepipe.export_nms import NMS_OUTPUTS, GFLDecoded, with_nms
+from edgepipe.models import build, get_spec
+from edgepipe.models.registry import spec_of
+from edgepipe.parity import chips_for_parity, measure_parity
+from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.preprocess import read_image
+from edgepipe.runtime.session import METADATA_KEY
+from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, GFLHead, Precision
+from edgepipe.samples import sample_images
+from edgepipe.sources import sha256_file
+from edgepipe.specs import ModelSpec
 
 __all__ = ["export_onnx", "Artifact", "artifact_meta"]
 
@@ -55,7 +57,7 @@ def artifact_meta(spec: ModelSpec, precision: Precision = Precision.FP32, *, ops
     weights = spec.weights
     return ArtifactMeta(
         model_name=spec.name, task=spec.task, precision=precision, input=spec.input, head=spec.head,
-        labels=spec.labels, input_name=input_name, opset=opset, edgepipe_version=pipeline.__version__,
+        labels=spec.labels, input_name=input_name, opset=opset, edgepipe_version=edgepipe.__version__,
         spec_sha=spec.sha256, source_package=weights.pin if weights else "",
         source_file=weights.member if weights else "", source_sha256=weights.member_sha256 if weights else "",
         license=spec.license,
@@ -145,11 +147,13 @@ def _to_onnx(model: torch.nn.Module, meta: ArtifactMeta, opset: int,
     with tempfile.TemporaryDirectory(prefix="edgepipe-export-") as tmp:
         path = Path(tmp) / "model.onnx"
         try:
-            torch.onnx.export(
-                model, (dummy,), str(path), input_names=[meta.input_name], output_names=list(output_names or meta.head.outputs),
-                dynamic_shapes={meta.input_name: {0: torch.export.Dim("batch", min=1, max=1024)}},
-                opset_version=opset, external_data=False, dynamo=True, verbose=False,
-            )
+            with _quiet_exporter():
+                torch.onnx.export(
+                    model, (dummy,), str(path), input_names=[meta.input_name],
+                    output_names=list(output_names or meta.head.outputs),
+                    dynamic_shapes={meta.input_name: {0: torch.export.Dim("batch", min=1, max=1024)}},
+                    opset_version=opset, external_data=False, dynamo=True, verbose=False,
+                )
             proto = onnx.load(str(path))
         except Exception as e:  # the exporter raises many unrelated types; report one line
             raise ExportError(f"{meta.model_name}: torch.onnx.export failed: {type(e).__name__}: "
@@ -157,12 +161,27 @@ def _to_onnx(model: torch.nn.Module, meta: ArtifactMeta, opset: int,
     return proto
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence, for one export, what torch 2.13's exporter says on every call and a user cannot act on: a warning
+    per torchvision op it cannot register (we never use torchvision) and a FutureWarning from torch's own pytree."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*LeafSpec")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def _finish(proto: onnx.ModelProto, meta: ArtifactMeta) -> onnx.ModelProto:
     """Attach the contract and check the whole graph."""
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, meta.to_json()
-    proto.producer_name, proto.producer_version = "edgepipe", pipeline.__version__
+    proto.producer_name, proto.producer_version = "edgepipe", edgepipe.__version__
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
@@ -187,5 +206,5 @@ def _parity(model, onnx_path: Path, meta: ArtifactMeta, photos: list[np.ndarray]
 
 
 def _versions() -> dict:
-    return {"edgepipe": pipeline.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+    return {"edgepipe": edgepipe.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import onnx
 
-from pipeline.errors import BenchmarkError
+from edgepipe.errors import BenchmarkError
 
 __all__ = ["count_flops", "cpu_peak_gflops"]
 

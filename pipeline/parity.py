@@ -11,13 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.runtime import load
-from pipeline.runtime.faces import detector_input, face_chip, faces_from_outputs
-from pipeline.runtime.detection import detections_from_outputs
-from pipeline.runtime.postprocess import box_iou
-from pipeline.runtime.preprocess import prepare
-from pipeline.runtime.preprocess import to_input
-from pipeline.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead, GFLHead
+from edgepipe.runtime import load
+from edgepipe.runtime.detection import detections_from_outputs
+from edgepipe.runtime.faces import detector_input, face_chip, faces_from_outputs
+from edgepipe.runtime.postprocess import box_iou
+from edgepipe.runtime.preprocess import prepare, to_input
+from edgepipe.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead, GFLHead
 
 __all__ = ["measure_parity", "TorchModel"]
 

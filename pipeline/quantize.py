@@ -17,23 +17,30 @@ from pathlib import Path
 
 import onnx
 import onnxruntime
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
-from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
-from onnxruntime.quantization.shape_inference import quant_pre_process
-from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-import pipeline
-from pipeline.benchmark import machine_info
-from pipeline.evaluate import evaluate
-from pipeline.export import Artifact
-from pipeline.errors import QuantizeError
-from pipeline.quantize_calib import ImageReader, calibration_inputs, list_images, quantized_nodes, rank_harmful_nodes
-from pipeline.quantize_figures import compare_outputs, time_pair
-from pipeline.runtime.atomic import atomic_write
-from pipeline.runtime.session import METADATA_KEY, load
-from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead, Precision
-from pipeline.samples import sample_images
-from pipeline.sources import sha256_file
+import edgepipe
+from edgepipe.benchmark import machine_info
+from edgepipe.errors import QuantizeError
+from edgepipe.evaluate import evaluate
+from edgepipe.export import Artifact
+from edgepipe.ort_quantization import (
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    create_calibrator,
+    float16,
+    quant_pre_process,
+    quantize_dynamic,
+    quantize_static,
+    save_tensors_data,
+)
+from edgepipe.quantize_calib import ImageReader, calibration_inputs, list_images, quantized_nodes, rank_harmful_nodes
+from edgepipe.quantize_figures import compare_outputs, time_pair
+from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.session import METADATA_KEY, load
+from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, Precision
+from edgepipe.samples import sample_images
+from edgepipe.sources import sha256_file
 
 __all__ = ["quantize", "QuantizeOptions", "CalibMethod"]
 
@@ -165,7 +172,7 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
         fp32_metric = _metric(Path(artifact), options) if options.eval_data is not None else None
         settings = {"precision": target.value, "source": str(artifact), "inputs_from": str(photos[0].parent)}
         if target == Precision.FP16:
-            proto = convert_float_to_float16(source, keep_io_types=True)
+            proto = float16.convert_float_to_float16(source, keep_io_types=True)
             attempts = [_attempt(tmp / "fp16.onnx", proto, meta, Path(artifact), options, fp32_metric, [])]
         elif target == Precision.INT8_DYNAMIC:
             prepared = _preprocess(Path(artifact), tmp)
@@ -315,7 +322,7 @@ def _attempt(path: Path, proto: onnx.ModelProto, meta: ArtifactMeta, fp32_path: 
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, meta.to_json()
-    proto.producer_name, proto.producer_version = "edgepipe", pipeline.__version__
+    proto.producer_name, proto.producer_version = "edgepipe", edgepipe.__version__
     onnx.save_model(proto, str(path))
     attempt = {"path": path, "excluded": list(excluded), "round": 0, "within_budget": True, "drop_points": 0.0,
                "metric": None, "quantized_nodes": len(set(quantized_nodes(proto)) - set(excluded))}
@@ -348,7 +355,7 @@ def _figures(fp32_path: Path, best: dict, meta: ArtifactMeta, settings: dict, pa
     quantized = set(quantized_nodes(proto)) - set(best["excluded"]) - set(best.get("float_tail_nodes", ()))
     float_nodes = [n.name for n in proto.graph.node if n.name not in quantized and n.op_type not in _QUANT_OPS]
     if meta.precision == Precision.FP16:  # everything is half but the converter's block list (and its Casts)
-        float_nodes = [n.name for n in proto.graph.node if n.op_type in DEFAULT_OP_BLOCK_LIST]
+        float_nodes = [n.name for n in proto.graph.node if n.op_type in float16.DEFAULT_OP_BLOCK_LIST]
     figures = {
         "model": meta.model_name, "precision": meta.precision.value, "onnx": f"{meta.model_name}.{meta.precision.value}.onnx",
         "size_mb": round(size_mb, 3), "fp32_size_mb": round(fp32_mb, 3), "size_vs_fp32": round(size_mb / fp32_mb, 3),
@@ -356,7 +363,7 @@ def _figures(fp32_path: Path, best: dict, meta: ArtifactMeta, settings: dict, pa
         "settings": settings,
         "nodes": {"quantized": len(quantized), "excluded_by_fallback": best["excluded"], "float": float_nodes},
         "speed": {**speed, "machine": machine_info()},
-        "versions": {"edgepipe": pipeline.__version__, "onnx": onnx.__version__,
+        "versions": {"edgepipe": edgepipe.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__},
         "meta": json.loads(meta.to_json()),
     }

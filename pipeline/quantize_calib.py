@@ -1,4 +1,4 @@
-"""Real-image inputs for `pipeline.quantize`: `calibration_inputs` (photos, or aligned face chips for an embedder,
+"""Real-image inputs for `edgepipe.quantize`: `calibration_inputs` (photos, or aligned face chips for an embedder,
 through the runtime's own preprocessing), the `ImageReader` onnxruntime calibrates from, and
 `rank_harmful_nodes`, which orders quantized nodes by the error each one adds."""
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnxruntime.quantization import CalibrationDataReader
 
-from pipeline.errors import InputError, QuantizeError
-from pipeline.runtime.faces import FaceDetector, face_chip
-from pipeline.runtime.preprocess import IMAGE_SUFFIXES, prepare, read_image, to_input
-from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead
+from edgepipe.errors import InputError, QuantizeError
+from edgepipe.ort_quantization import CalibrationDataReader
+from edgepipe.runtime.faces import FaceDetector, face_chip
+from edgepipe.runtime.preprocess import IMAGE_SUFFIXES, prepare, read_image, to_input
+from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead
 
 __all__ = ["calibration_inputs", "ImageReader", "rank_harmful_nodes"]
 

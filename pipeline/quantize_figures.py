@@ -1,4 +1,4 @@
-"""Figures of a quantized artifact against its fp32 source, for `pipeline.quantize`: `compare_outputs` (raw tensors
+"""Figures of a quantized artifact against its fp32 source, for `edgepipe.quantize`: `compare_outputs` (raw tensors
 and decoded results on real inputs) and `time_pair` (interleaved warm latency of both on this machine)."""
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.runtime.detection import detections_from_outputs
-from pipeline.runtime.faces import faces_from_outputs
-from pipeline.runtime.postprocess import box_iou
-from pipeline.runtime.session import load
-from pipeline.runtime.specs import BlazeFaceHead, EmbeddingHead
+from edgepipe.runtime.detection import detections_from_outputs
+from edgepipe.runtime.faces import faces_from_outputs
+from edgepipe.runtime.postprocess import box_iou
+from edgepipe.runtime.session import load
+from edgepipe.runtime.specs import BlazeFaceHead, EmbeddingHead
 
 __all__ = ["compare_outputs", "time_pair"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from pipeline.pareto import accuracy_points
-from pipeline.report_svg import bar_chart, line_chart, scatter_chart
-from pipeline.runtime.atomic import atomic_write
+from edgepipe.pareto import accuracy_points
+from edgepipe.report_svg import bar_chart, line_chart, scatter_chart
+from edgepipe.runtime.atomic import atomic_write
 
 __all__ = ["render_table", "render_report"]
 
@@ -17,7 +17,9 @@ _COLUMNS = ["model", "precision", "ep", "threads", "batch", "status", "latency_m
             "gflops", "gflops_per_s", "peak_share", "fallback", "nodes_by_ep", "reason"]
 _POINT_COLUMNS = ["model", "precision", "ep", "threads", "latency_ms_p50", "metric", "accuracy", "data", "on_front"]
 _STYLE = ("body{font-family:sans-serif;margin:24px;max-width:1400px}table{border-collapse:collapse;font-size:12px;"
-          "margin:8px 0 20px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#f3f3f3}"
+          "margin:8px 0 20px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;max-width:22em;"
+          # long cells (reason, nodes_by_ep, fallback) wrap inside the window instead of widening the table
+          "overflow-wrap:anywhere}th{background:#f3f3f3}"
           "tr.unavailable td,tr.failed td{color:#888}code{background:#f6f6f6}")
 
 
@@ -91,6 +93,10 @@ def _throughput_series(rows: list[dict]) -> dict[str, list[tuple[float, float]]]
     return series
 
 
+_NO_ACCURACY = ("No accuracy figures: the artifacts' JSON holds no evaluation. `edgepipe build --data DIR` or "
+                "`edgepipe eval ARTIFACT --data DIR` (a COCO, WIDER FACE or LFW folder) adds them.")
+
+
 def render_report(bench_rows: list[dict], eval_jsons: list[dict], out_dir: Path) -> tuple[Path, Path]:
     """Write `report.md` (tables) and `report.html` (the same tables plus inline SVG plots, no network needed).
 
@@ -131,14 +137,12 @@ def render_report(bench_rows: list[dict], eval_jsons: list[dict], out_dir: Path)
                   "on_front": p["on_front"], "label": f"{p['precision']} · {p['ep']} · {p['threads']}t"} for p in mine],
                 "latency p50 (ms)", metric))
             html.append(_html_table(mine, _POINT_COLUMNS))
-        else:
-            md += ["No accuracy figures for this model in the given JSON.", ""]
-            html.append("<p>No accuracy figures for this model in the given JSON.</p>")
         series = _throughput_series(rows)
         if len({r["batch"] for r in rows}) > 1 and series:
             html.append(line_chart(f"{model}: throughput vs batch", series, "batch", "images / s"))
-        else:
-            html.append("<p>One batch size measured: no throughput-vs-batch plot.</p>")
+    if not points:  # said once, not once per model
+        md += [_NO_ACCURACY, ""]
+        html.append(f"<p>{escape(_NO_ACCURACY)}</p>")
     md_path = atomic_write(out_dir / "report.md", "\n".join(md).encode())
     html_path = atomic_write(out_dir / "report.html", ("".join(html) + "</body></html>").encode())
     return md_path, html_path

@@ -11,13 +11,13 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.errors import InputError, SpecError
-from pipeline.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer, ObjectDetector, load
-from pipeline.runtime.atomic import atomic_write
-from pipeline.runtime.draw import draw_detections, draw_faces, draw_identities, encode_image
-from pipeline.runtime.preprocess import IMAGE_SUFFIXES, read_image
-from pipeline.runtime.specs import BlazeFaceHead, EmbeddingHead, GFLHead
-from pipeline.runtime.video import VIDEO_SUFFIXES, VideoOut, open_video, read_frames
+from edgepipe.errors import InputError, SpecError
+from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer, ObjectDetector, load
+from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.draw import draw_detections, draw_faces, draw_identities, encode_image
+from edgepipe.runtime.preprocess import IMAGE_SUFFIXES, read_image
+from edgepipe.runtime.specs import BlazeFaceHead, EmbeddingHead, GFLHead
+from edgepipe.runtime.video import VIDEO_SUFFIXES, VideoOut, open_video, read_frames
 
 __all__ = ["run_artifact", "RunSummary"]
 

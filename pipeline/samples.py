@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.sources import fetch_file
-from pipeline.specs import PackageFile
+from edgepipe.sources import fetch_file
+from edgepipe.specs import PackageFile
 
 __all__ = ["sample_images"]
 

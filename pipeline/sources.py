@@ -17,8 +17,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.errors import WeightImportError
-from pipeline.specs import PackageFile
+from edgepipe.errors import WeightImportError
+from edgepipe.specs import PackageFile
 
 __all__ = ["fetch_file", "default_cache_dir", "sha256_file"]
 

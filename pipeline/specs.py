@@ -7,8 +7,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from pipeline.runtime.errors import SpecError
-from pipeline.runtime.specs import (  # noqa: F401  (re-exported contract)
+from edgepipe.runtime.errors import SpecError
+from edgepipe.runtime.specs import (  # noqa: F401  (re-exported contract)
     ArtifactMeta,
     BlazeFaceHead,
     Color,

@@ -1,6 +1,6 @@
 """In-process latency of the runtime's whole detect/embed paths, as `edgepipe build` records them:
 `time_face_pipeline(detector, embedder, images)`, `time_detector(artifact, images)` and `machine_info()`.
-The per-cell, per-provider benchmark is `pipeline.benchmark`."""
+The per-cell, per-provider benchmark is `edgepipe.benchmark`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.flops import cpu_flags
-from pipeline.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
-from pipeline.runtime.specs import GFLHead
+from edgepipe.flops import cpu_flags
+from edgepipe.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
+from edgepipe.runtime.specs import GFLHead
 
 __all__ = ["time_face_pipeline", "time_detector", "machine_info"]
 

@@ -15,18 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-from models import build
-from models.registry import spec_of
-from models.training.checkpoint import read_checkpoint
-from models.training.data import read_box_set
-from models.training.detection import DetectionRecipe
-from models.training.loop import LAST, FitResult, TrainOptions, fit
-from pipeline.errors import InputError, TrainError
-from pipeline.evaluate import evaluate_model
-from pipeline.export import artifact_meta
-from pipeline.parity import TorchModel
-from pipeline.runtime.atomic import atomic_write
-from pipeline.specs import GFLHead
+from edgepipe.errors import InputError, TrainError
+from edgepipe.evaluate import evaluate_model
+from edgepipe.export import artifact_meta
+from edgepipe.models import build
+from edgepipe.models.registry import spec_of
+from edgepipe.models.training.checkpoint import read_checkpoint
+from edgepipe.models.training.data import read_box_set
+from edgepipe.models.training.detection import DetectionRecipe
+from edgepipe.models.training.loop import LAST, FitResult, TrainOptions, fit
+from edgepipe.parity import TorchModel
+from edgepipe.runtime.atomic import atomic_write
+from edgepipe.specs import GFLHead
 
 __all__ = ["train", "split_data"]
 

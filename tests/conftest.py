@@ -22,7 +22,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def cache_dir() -> Path:
     """The weight cache the tests share ($EDGEPIPE_CACHE in CI, the user's cache otherwise)."""
-    from pipeline.sources import default_cache_dir
+    from edgepipe.sources import default_cache_dir
 
     return default_cache_dir()
 
@@ -35,8 +35,8 @@ def group_photos(shared_data) -> list[Path]:
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory, cache_dir, group_photos) -> dict[str, Path]:
     """Every zoo model exported once with its real weights: name -> fp32 ONNX path (shared by the session)."""
-    from models import list_models
-    from pipeline.export import export_onnx
+    from edgepipe.export import export_onnx
+    from edgepipe.models import list_models
 
     out = tmp_path_factory.mktemp("artifacts")
     return {name: export_onnx(name, out, cache_dir=cache_dir, images=group_photos).onnx_path for name in list_models()}

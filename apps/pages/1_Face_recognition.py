@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import common
-from pipeline.runtime import EdgepipeError, FaceGallery, FaceRecognizer
-from pipeline.runtime.draw import draw_faces, encode_image
-from pipeline.runtime.video import VideoOut, open_video, read_frames
+from edgepipe.apps import common
+from edgepipe.runtime import EdgepipeError, FaceGallery, FaceRecognizer
+from edgepipe.runtime.draw import draw_faces, encode_image
+from edgepipe.runtime.video import VideoOut, open_video, read_frames
 
 
 def models_ui():

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-import common
-from pipeline.runtime import EdgepipeError, ObjectDetector
-from pipeline.runtime.draw import draw_detections, encode_image
-from pipeline.runtime.video import VideoOut, open_video, read_frames
+from edgepipe.apps import common
+from edgepipe.runtime import EdgepipeError, ObjectDetector
+from edgepipe.runtime.draw import draw_detections, encode_image
+from edgepipe.runtime.video import VideoOut, open_video, read_frames
 
 
 def detector_ui() -> ObjectDetector | None:

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pandas as pd
 import streamlit as st
 
-import common
-from pipeline.runtime import EdgepipeError
-from pipeline.runtime.preprocess import prepare, read_image
+from edgepipe.apps import common
+from edgepipe.runtime import EdgepipeError
+from edgepipe.runtime.preprocess import prepare, read_image
 
 WARM_RUNS = 7
 

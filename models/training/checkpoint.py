@@ -17,8 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from pipeline.runtime.atomic import atomic_write
-from pipeline.runtime.errors import TrainError
+from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.errors import TrainError
 
 __all__ = ["save_checkpoint", "read_checkpoint", "Checkpoint"]
 

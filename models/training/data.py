@@ -12,11 +12,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.metrics.coco import read_coco
-from pipeline.metrics.widerface import read_widerface_gt
-from pipeline.runtime.errors import InputError
-from pipeline.runtime.preprocess import read_image, to_input
-from pipeline.runtime.specs import Color, InputSpec, Resize
+from edgepipe.metrics.coco import read_coco
+from edgepipe.metrics.widerface import read_widerface_gt
+from edgepipe.runtime.errors import InputError
+from edgepipe.runtime.preprocess import read_image, to_input
+from edgepipe.runtime.specs import Color, InputSpec, Resize
 
 __all__ = ["read_box_set", "BoxSet", "BoxAugment"]
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.training.data import BoxAugment, BoxSet
-from models.training.gfl import GFLLoss
-from pipeline.specs import GFLHead, ModelSpec
+from edgepipe.models.training.data import BoxAugment, BoxSet
+from edgepipe.models.training.gfl import GFLLoss
+from edgepipe.specs import GFLHead, ModelSpec
 
 __all__ = ["DetectionRecipe"]
 

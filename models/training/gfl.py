@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.runtime.postprocess import gfl_centres
-from pipeline.runtime.specs import GFLHead
+from edgepipe.runtime.postprocess import gfl_centres
+from edgepipe.runtime.specs import GFLHead
 
 __all__ = ["GFLLoss", "atss_assign", "box_iou_aligned"]
 

@@ -23,8 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.training.checkpoint import optimizer_state, read_checkpoint, read_checkpoint_meta, save_checkpoint
-from pipeline.runtime.errors import TrainError
+from edgepipe.models.training.checkpoint import optimizer_state, read_checkpoint, read_checkpoint_meta, save_checkpoint
+from edgepipe.runtime.errors import TrainError
 
 __all__ = ["fit", "TrainOptions", "Recipe"]
 

@@ -15,8 +15,8 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from models.zoo.blazeface import DOWNSAMPLE_PAD_LRTB, STEM_PAD_LRTB, BlazeBlock, BlazeFace
-from pipeline.errors import WeightImportError
+from edgepipe.errors import WeightImportError
+from edgepipe.models.zoo.blazeface import DOWNSAMPLE_PAD_LRTB, STEM_PAD_LRTB, BlazeBlock, BlazeFace
 
 __all__ = ["blazeface_state_dict_from_onnx"]
 

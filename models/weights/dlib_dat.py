@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from pipeline.errors import WeightImportError
+from edgepipe.errors import WeightImportError
 
 __all__ = ["DlibLayer", "DlibNet", "read_dlib_dat"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.errors import WeightImportError
+from edgepipe.errors import WeightImportError
 
 __all__ = ["load_strict"]
 

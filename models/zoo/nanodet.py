@@ -167,10 +167,9 @@ class NanoDetG(nn.Module):
 
 
 # ---- zoo entry ----------------------------------------------------------------------------------------------------
-from models.registry import register  # noqa: E402  (after the module the builder returns)
-from pipeline.metrics.coco import COCO80_LABELS  # noqa: E402
-from pipeline.specs import Color, GFLHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
-
+from edgepipe.metrics.coco import COCO80_LABELS  # noqa: E402
+from edgepipe.models.registry import register  # noqa: E402  (after the module the builder returns)
+from edgepipe.specs import Color, GFLHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
 
 PRIOR_PROB = 0.01  # initial class score of a re-sized head (focal-loss init: background dominates at the start)
 
@@ -191,7 +190,7 @@ def _reclass(state_dict: dict[str, torch.Tensor], num_classes: int) -> dict[str,
 
 
 def _convert(path):
-    from models.weights.nanodet_tfjs import nanodet_state_dict_from_tfjs
+    from edgepipe.models.weights.nanodet_tfjs import nanodet_state_dict_from_tfjs
 
     return nanodet_state_dict_from_tfjs(path)
 

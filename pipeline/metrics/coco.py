@@ -13,7 +13,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from pipeline.runtime.errors import InputError
+from edgepipe.runtime.errors import InputError
 
 __all__ = ["read_coco", "coco_map", "CocoSet"]
 

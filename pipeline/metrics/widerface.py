@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtime.errors import InputError
-from pipeline.runtime.postprocess import box_iou
+from edgepipe.runtime.errors import InputError
+from edgepipe.runtime.postprocess import box_iou
 
 __all__ = ["read_widerface_gt", "widerface_ap", "WiderImage"]
 

@@ -1,4 +1,5 @@
-"""Write files all-or-nothing: `atomic_write(path, data)` writes a temporary sibling and renames it into place."""
+"""Write files all-or-nothing: `atomic_write(path, data)` writes a temporary sibling and renames it into place;
+`publish(tmp, path)` renames a finished temporary file (e.g. a video) into place with a normal file's mode."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipeline.runtime.errors import InputError
+from edgepipe.runtime.errors import InputError
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "publish"]
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
@@ -26,13 +27,20 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would have
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise InputError(f"{path}: cannot write ({e.strerror or e})") from e
         raise
     return path
+
+
+def publish(tmp: str | Path, path: str | Path) -> Path:
+    """Rename the finished temporary file `tmp` onto `path`, with the permissions `open()` would have given it
+    (mkstemp makes files 0600, so an annotated video would otherwise be unreadable to the user's group)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+    return Path(path)

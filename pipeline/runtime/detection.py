@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.runtime.errors import ArtifactError
-from pipeline.runtime.postprocess import decode_gfl, gfl_centres, multiclass_nms
-from pipeline.runtime.preprocess import prepare
-from pipeline.runtime.session import Model, load
-from pipeline.runtime.specs import ArtifactMeta, GFLHead
+from edgepipe.runtime.errors import ArtifactError
+from edgepipe.runtime.postprocess import decode_gfl, gfl_centres, multiclass_nms
+from edgepipe.runtime.preprocess import prepare
+from edgepipe.runtime.session import Model, load
+from edgepipe.runtime.specs import ArtifactMeta, GFLHead
 
 __all__ = ["ObjectDetector", "Detection", "detections_from_outputs"]
 

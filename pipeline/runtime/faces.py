@@ -14,12 +14,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.runtime.atomic import atomic_write
-from pipeline.runtime.errors import ArtifactError, InputError
-from pipeline.runtime.postprocess import blazeface_anchors, decode_blazeface, embedding_distance, nms
-from pipeline.runtime.preprocess import align_face, prepare, to_input
-from pipeline.runtime.session import Model, load
-from pipeline.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead
+from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.errors import ArtifactError, InputError
+from edgepipe.runtime.postprocess import blazeface_anchors, decode_blazeface, embedding_distance, nms
+from edgepipe.runtime.preprocess import align_face, prepare, to_input
+from edgepipe.runtime.session import Model, load
+from edgepipe.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead
 
 __all__ = ["FaceDetector", "FaceEmbedder", "FaceGallery"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.runtime.specs import BlazeFaceHead, GFLHead
+from edgepipe.runtime.specs import BlazeFaceHead, GFLHead
 
 __all__ = ["decode_blazeface", "nms", "embedding_distance"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.runtime.errors import InputError
-from pipeline.runtime.specs import Color, InputSpec, Layout, Resize
+from edgepipe.runtime.errors import InputError
+from edgepipe.runtime.specs import Color, InputSpec, Layout, Resize
 
 __all__ = ["read_image", "to_input", "align_face"]
 
@@ -26,13 +26,16 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"{path}: is a directory, expected an image file")
     if not path.is_file():
         raise InputError(f"{path}: no such file")
-    return _decode(np.fromfile(path, dtype=np.uint8),
-                   f"{path}: not a readable image (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        error = f"{path}: could not be decoded as a {path.suffix.lower()} image (empty, truncated or not an image)"
+    else:
+        error = f"{path}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}, found {path.suffix or 'no suffix'!r})"
+    return _decode(np.fromfile(path, dtype=np.uint8), error)
 
 
 def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
     """Decode encoded image bytes (e.g. an upload) to uint8 HWC RGB; raises InputError if they are not an image."""
-    return _decode(np.frombuffer(data, dtype=np.uint8), f"{name}: not a readable image")
+    return _decode(np.frombuffer(data, dtype=np.uint8), f"{name}: could not be decoded as an image (empty, truncated or not an image)")
 
 
 def _decode(buffer: np.ndarray, error: str) -> np.ndarray:

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pipeline.runtime.errors import ArtifactError
-from pipeline.runtime.specs import ArtifactMeta
+from edgepipe.runtime.errors import ArtifactError
+from edgepipe.runtime.specs import ArtifactMeta
 
 __all__ = ["load", "Model"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Union
 
-from pipeline.runtime.errors import ArtifactError, SpecError
+from edgepipe.runtime.errors import ArtifactError, SpecError
 
 __all__ = ["InputSpec", "ArtifactMeta"]
 

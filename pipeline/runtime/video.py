@@ -9,7 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.runtime.errors import InputError
+from edgepipe.runtime.atomic import publish
+from edgepipe.runtime.errors import InputError
 
 __all__ = ["open_video", "VideoOut"]
 
@@ -69,6 +70,6 @@ class VideoOut:
     def __exit__(self, exc_type, exc, tb) -> None:
         self._writer.release()
         if exc_type is None:
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
         else:
             self._tmp.unlink(missing_ok=True)

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from streamlit.testing.v1 import AppTest
 
 APPS = Path(__file__).resolve().parents[2] / "apps"
@@ -25,7 +24,6 @@ def demo(artifacts, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("EDGEPIPE_ARTIFACTS", str(folder))
     monkeypatch.setenv("EDGEPIPE_GALLERY", str(tmp_path / "gallery.json"))
     monkeypatch.setenv("EDGEPIPE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.syspath_prepend(str(APPS))  # pages import `common` as `streamlit run` allows
     return tmp_path / "gallery.json"
 
 
@@ -54,7 +52,7 @@ def test_home_lists_artifacts_and_offers_a_build(demo, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPIPE_ARTIFACTS", str(tmp_path / "empty"))
     at = no_exceptions(page("Home.py"))
     assert "Missing:" in at.warning[0].value
-    assert "pipeline.cli build" in at.code[0].value and "--no-bench" in at.code[0].value
+    assert "edgepipe.cli build" in at.code[0].value and "--no-bench" in at.code[0].value
     assert at.button(key="build").label == "Build missing artifacts"
 
 
@@ -136,7 +134,7 @@ def test_detection_on_a_video(demo, shared_data):
 
 @pytest.mark.parametrize("name, body, message", [
     ("notes.txt", b"hello", "unsupported file type 'txt'"),
-    ("broken.jpg", b"\xff\xd8 not really a jpeg", "not a readable image"),
+    ("broken.jpg", b"\xff\xd8 not really a jpeg", "could not be decoded as an image"),
     ("broken.mp4", b"not a video", "video"),
 ])
 def test_bad_upload_shows_one_line(demo, tmp_path, name, body, message):

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import pytest
 
-from models import list_models
-from pipeline.runtime import load
-from pipeline.runtime.preprocess import read_image, resize_to_input, to_input
+from edgepipe.models import list_models
+from edgepipe.runtime import load
+from edgepipe.runtime.preprocess import read_image, resize_to_input, to_input
 
 pytestmark = pytest.mark.integration
 

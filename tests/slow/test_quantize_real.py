@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from pipeline.errors import QuantizeError
-from pipeline.quantize import CalibMethod, QuantizeOptions, quantize
-from pipeline.runtime import load
-from pipeline.runtime.specs import Precision
+from edgepipe.errors import QuantizeError
+from edgepipe.quantize import CalibMethod, QuantizeOptions, quantize
+from edgepipe.runtime import load
+from edgepipe.runtime.specs import Precision
 
 pytestmark = pytest.mark.slow
 

@@ -3,8 +3,8 @@
 import cv2
 import pytest
 
-from pipeline.cli import main
-from pipeline.runtime.video import open_video
+from edgepipe.cli import main
+from edgepipe.runtime.video import open_video
 
 pytestmark = pytest.mark.slow
 

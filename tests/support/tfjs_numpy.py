@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from models.weights.tfjs_graph import TfjsGraph, TfjsNode
+from edgepipe.models.weights.tfjs_graph import TfjsGraph, TfjsNode
 
 __all__ = ["run_tfjs_graph"]
 

@@ -14,15 +14,15 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline import flops
-from pipeline.benchmark import BenchmarkRow, BenchOptions, benchmark
-from pipeline.envs import create_env, probe_env
-from pipeline.errors import BenchmarkError
-from pipeline.flops import count_flops, cpu_peak_gflops
-from pipeline.pareto import accuracy_points, pareto_front
-from pipeline.report import render_report, render_table
-from pipeline.runtime.session import METADATA_KEY
-from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead, InputSpec, Precision, Resize, Task
+from edgepipe import flops
+from edgepipe.benchmark import BenchmarkRow, BenchOptions, benchmark
+from edgepipe.envs import create_env, probe_env
+from edgepipe.errors import BenchmarkError
+from edgepipe.flops import count_flops, cpu_peak_gflops
+from edgepipe.pareto import accuracy_points, pareto_front
+from edgepipe.report import render_report, render_table
+from edgepipe.runtime.session import METADATA_KEY
+from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, InputSpec, Precision, Resize, Task
 
 
 def _model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
@@ -216,7 +216,7 @@ def test_worker_never_writes_to_the_working_directory(tmp_path):
 
 
 def test_quantized_artifact_json_gives_an_accuracy_point():
-    from pipeline.pareto import accuracy_points
+    from edgepipe.pareto import accuracy_points
 
     quantized = {"model": "m.x", "precision": "int8", "accuracy": {"metric": "map_50_95", "quantized": 0.27,
                                                                     "data": "/d/coco_val_mini", "fp32": 0.28}}

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.cli import _parser, main
+from edgepipe.cli import _parser, main
 
 COMMANDS = [["zoo", "list"], ["export"], ["build"], ["eval"], ["quantize"], ["bench"], ["report"], ["env", "create"],
             ["demo"], ["run"], ["faces", "enroll"], ["faces", "identify"], ["train"], ["split"]]

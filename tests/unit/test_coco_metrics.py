@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.metrics.coco import COCO80_LABELS, COCO80_TO_CATEGORY_ID, CocoSet, coco_map, read_coco
+from edgepipe.errors import InputError
+from edgepipe.metrics.coco import COCO80_LABELS, COCO80_TO_CATEGORY_ID, CocoSet, coco_map, read_coco
 
 BOXES = [(1, 1, [10, 20, 60, 80]), (1, 3, [100, 40, 120, 100]), (2, 1, [5, 5, 200, 150])]  # (image, category, xywh)
 

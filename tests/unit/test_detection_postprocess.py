@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.runtime.detection import detections_from_outputs
-from pipeline.runtime.postprocess import decode_gfl, gfl_centres, multiclass_nms
-from pipeline.runtime.specs import ArtifactMeta, GFLHead, InputSpec, Precision, Resize, Task
+from edgepipe.runtime.detection import detections_from_outputs
+from edgepipe.runtime.postprocess import decode_gfl, gfl_centres, multiclass_nms
+from edgepipe.runtime.specs import ArtifactMeta, GFLHead, InputSpec, Precision, Resize, Task
 
 
 def test_gfl_centres_follow_the_row_order():

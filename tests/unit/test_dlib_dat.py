@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from models.weights.dlib_dat import _Reader, read_dlib_dat
-from pipeline.errors import WeightImportError
+from edgepipe.errors import WeightImportError
+from edgepipe.models.weights.dlib_dat import _Reader, read_dlib_dat
 
 # A private encoder for dlib's format, the mirror of what the reader expects.
 
@@ -147,7 +147,8 @@ def test_params_count_must_match_the_aliases(write):
 def test_face_net_round_trip_through_dlib_state_dict(write):
     """A random DlibResNet29, written the way dlib would, reads back key for key (fc transposed)."""
     import torch
-    from models.zoo.dlib_resnet import DlibResNet29, _layer_plan, dlib_state_dict
+
+    from edgepipe.models.zoo.dlib_resnet import DlibResNet29, _layer_plan, dlib_state_dict
 
     torch.manual_seed(0)
     model = DlibResNet29()

@@ -4,8 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.runtime import FaceGallery
+from edgepipe.errors import InputError
+from edgepipe.runtime import FaceGallery
 
 
 def _gallery():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from models.training.gfl import GFLLoss, atss_assign, box_iou_aligned
-from pipeline.runtime.specs import GFLHead
+from edgepipe.models.training.gfl import GFLLoss, atss_assign, box_iou_aligned
+from edgepipe.runtime.specs import GFLHead
 
 HEAD = GFLHead(strides=(8, 16, 32), reg_max=10)
 INPUT_HW = (64, 64)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.runtime.postprocess import blazeface_anchors, decode_blazeface, embedding_distance, nms
-from pipeline.runtime.specs import BlazeFaceHead
+from edgepipe.runtime.postprocess import blazeface_anchors, decode_blazeface, embedding_distance, nms
+from edgepipe.runtime.specs import BlazeFaceHead
 
 
 @pytest.mark.parametrize("strides, size", [((8, 16, 16, 16), 128), ((16, 32, 32, 32), 256)])

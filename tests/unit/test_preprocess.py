@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.runtime.preprocess import (align_face, decode_image, estimate_similarity, letterbox, read_image,
-                                         to_input)
-from pipeline.runtime.specs import Color, InputSpec, Layout
+from edgepipe.errors import InputError
+from edgepipe.runtime.preprocess import align_face, decode_image, estimate_similarity, letterbox, read_image, to_input
+from edgepipe.runtime.specs import Color, InputSpec, Layout
 
 
 def test_letterbox_keeps_aspect_and_pads_right_bottom():
@@ -52,11 +51,17 @@ def test_align_face_moves_keypoints_onto_the_template():
 
 def test_read_image_errors_name_the_path(tmp_path):
     (tmp_path / "notes.jpg").write_text("not an image")
-    with pytest.raises(InputError, match="notes.jpg: not a readable image"):
+    with pytest.raises(InputError, match="notes.jpg: could not be decoded as a .jpg image"):
         read_image(tmp_path / "notes.jpg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match="empty.png: could not be decoded as a .png image"):
+        read_image(tmp_path / "empty.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match=r"notes.txt: not an image file \(expected one of .jpg"):
+        read_image(tmp_path / "notes.txt")
     with pytest.raises(InputError, match="is a directory"):
         read_image(tmp_path)
     with pytest.raises(InputError, match="no such file"):
         read_image(tmp_path / "missing.png")
-    with pytest.raises(InputError, match="upload: not a readable image"):
+    with pytest.raises(InputError, match="upload: could not be decoded as an image"):
         decode_image(b"\x00\x01")

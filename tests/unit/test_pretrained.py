@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-import models.pretrained as pretrained
-from models import get_spec
-from pipeline.errors import WeightImportError
+import edgepipe.models.pretrained as pretrained
+from edgepipe.errors import WeightImportError
+from edgepipe.models import get_spec
 
 
 @pytest.fixture

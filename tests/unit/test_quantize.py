@@ -1,4 +1,4 @@
-"""pipeline.quantize on tiny hand-built graphs: op counts, max-abs error against fp32, one-line errors, no leftovers."""
+"""edgepipe.quantize on tiny hand-built graphs: op counts, max-abs error against fp32, one-line errors, no leftovers."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.errors import ArtifactError, InputError, QuantizeError
-from pipeline.quantize import CalibMethod, QuantizeOptions, quantize
-from pipeline.runtime import load
-from pipeline.runtime.preprocess import prepare, read_image
-from pipeline.runtime.session import METADATA_KEY
-from pipeline.runtime.specs import ArtifactMeta, EmbeddingHead, InputSpec, Precision, Resize, Task
+from edgepipe.errors import ArtifactError, InputError, QuantizeError
+from edgepipe.quantize import CalibMethod, QuantizeOptions, quantize
+from edgepipe.runtime import load
+from edgepipe.runtime.preprocess import prepare, read_image
+from edgepipe.runtime.session import METADATA_KEY
+from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, InputSpec, Precision, Resize, Task
 
 META = ArtifactMeta(model_name="tiny_net.test", task=Task.FACE_EMBEDDING, precision=Precision.FP32,
                     input=InputSpec((3, 16, 16), resize=Resize.ALIGNED_CHIP),
@@ -175,7 +175,7 @@ def _non_image_dir(tmp_path: Path) -> Path:
     ("missing calib dir", InputError, "no such calibration directory"),
     ("empty calib dir", InputError, "is empty"),
     ("non-image in calib dir", InputError, "b_notes.txt"),
-    ("corrupt image", InputError, "not a readable image"),
+    ("corrupt image", InputError, "photo0.png: could not be decoded as a .png image"),
     ("no calib dir for int8", QuantizeError, "needs calib_dir"),
     ("no metadata", ArtifactError, "no edgepipe metadata"),
     ("already int8 contract", QuantizeError, "already int8"),

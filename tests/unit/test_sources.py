@@ -6,9 +6,9 @@ import tarfile
 
 import pytest
 
-import pipeline.sources as sources
-from pipeline.errors import WeightImportError
-from pipeline.specs import PackageFile
+import edgepipe.sources as sources
+from edgepipe.errors import WeightImportError
+from edgepipe.specs import PackageFile
 
 PAYLOAD = b"weights" * 1000
 

@@ -2,10 +2,9 @@ import json
 
 import pytest
 
-from pipeline.errors import ArtifactError, SpecError
-from pipeline.runtime.specs import (ArtifactMeta, BlazeFaceHead, EmbeddingHead, InputSpec, Precision, Resize,
-                                    Task)
-from pipeline.specs import ModelSpec, PackageFile
+from edgepipe.errors import ArtifactError, SpecError
+from edgepipe.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead, InputSpec, Precision, Resize, Task
+from edgepipe.specs import ModelSpec, PackageFile
 
 
 def _meta(**changes):

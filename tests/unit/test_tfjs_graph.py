@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.weights.tfjs_graph import read_tfjs_graph
-from pipeline.errors import WeightImportError
+from edgepipe.errors import WeightImportError
+from edgepipe.models.weights.tfjs_graph import read_tfjs_graph
 
 KERNEL = np.arange(2 * 2 * 1 * 3, dtype=np.float32).reshape(2, 2, 1, 3) / 7.0
 BIAS = np.array([0.5, -1.25, 3.0], dtype=np.float32)  # exactly representable in float16

@@ -6,13 +6,13 @@ import sys
 from pathlib import Path
 
 RUNTIME = Path(__file__).resolve().parents[2] / "pipeline" / "runtime"
-ALLOWED_ROOTS = {"numpy", "onnxruntime", "cv2", "pipeline"}
+ALLOWED_ROOTS = {"numpy", "onnxruntime", "cv2", "edgepipe"}
 
 
 def test_runtime_never_imports_torch_or_models():
-    code = ("import sys, pipeline.runtime, pipeline.runtime.draw; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'models', 'onnx')"
-            " or (m.startswith('pipeline.') and not m.startswith('pipeline.runtime'))]; "
+    code = ("import sys, edgepipe.runtime, edgepipe.runtime.draw; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'onnx')"
+            " or (m.startswith('edgepipe.') and not m.startswith('edgepipe.runtime'))]; "
             "sys.exit(str(bad) if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -32,13 +32,13 @@ def test_runtime_sources_import_only_allowed_modules():
             for name in names:
                 root = name.split(".")[0]
                 assert root in stdlib or root in ALLOWED_ROOTS, f"{path.name} imports {name}"
-                if root == "pipeline":
-                    assert name.startswith("pipeline.runtime"), f"{path.name} imports {name} outside the runtime"
+                if root == "edgepipe":
+                    assert name.startswith("edgepipe.runtime"), f"{path.name} imports {name} outside the runtime"
 
 
 def test_apps_import_only_the_runtime_and_report():
     apps = RUNTIME.parents[1] / "apps"
-    allowed = ALLOWED_ROOTS | {"streamlit", "pandas", "altair", "common"}
+    allowed = ALLOWED_ROOTS | {"streamlit", "pandas", "altair"}
     stdlib = set(sys.stdlib_module_names)
     files = list(apps.rglob("*.py"))
     assert files
@@ -49,5 +49,6 @@ def test_apps_import_only_the_runtime_and_report():
             for name in names:
                 root = name.split(".")[0]
                 assert root in stdlib or root in allowed, f"{path.name} imports {name}"
-                if root == "pipeline":
-                    assert name.startswith(("pipeline.runtime", "pipeline.report")), f"{path.name} imports {name}"
+                if root == "edgepipe":
+                    assert name.startswith(("edgepipe.runtime", "edgepipe.report", "edgepipe.apps")), \
+                        f"{path.name} imports {name}"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.training.checkpoint import read_checkpoint, save_checkpoint
-from models.training.loop import TrainOptions, fit, learning_rate
-from pipeline.errors import TrainError
+from edgepipe.errors import TrainError
+from edgepipe.models.training.checkpoint import read_checkpoint, save_checkpoint
+from edgepipe.models.training.loop import TrainOptions, fit, learning_rate
 
 
 class Line(nn.Module):

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.metrics.widerface import WiderImage, read_widerface_gt, widerface_ap
+from edgepipe.errors import InputError
+from edgepipe.metrics.widerface import WiderImage, read_widerface_gt, widerface_ap
 
 FACE_A = [0, 0, 10, 10]
 FACE_B = [100, 100, 140, 140]
@@ -173,8 +173,8 @@ def test_real_widerface_val_100(shared_data):
 
 
 def test_metrics_stay_torch_free():
-    code = ("import sys, pipeline.metrics.widerface, pipeline.metrics.coco; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'models')]; "
+    code = ("import sys, edgepipe.metrics.widerface, edgepipe.metrics.coco; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('edgepipe.models')]; "
             "sys.exit(str(bad) if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
