@@ -209,6 +209,7 @@ def _cmd_demo(args) -> int:
     env = dict(os.environ, **({"EDGEPIPE_CACHE": str(args.cache_dir)} if args.cache_dir else {}))
     env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")  # no telemetry from a local demo
     env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", "25")  # MB: the uploader shows the limit the pages enforce
+    env.setdefault("STREAMLIT_CLIENT_TOOLBAR_MODE", "minimal")  # no "Deploy" button or developer menu in a demo
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_flags], env=env)
 
 

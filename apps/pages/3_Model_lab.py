@@ -58,15 +58,34 @@ def measure(path, provider: str, image_rgb: np.ndarray) -> tuple[float, list[flo
     return float(np.median(times)), times, list(session.providers)
 
 
-def figures_ui(figs: dict) -> None:
+def bench_rows() -> list[dict]:
+    """The measured rows of the bench report beside the artifacts (empty when there is none or it is unreadable)."""
+    try:
+        rows = json.loads((common.artifacts_dir() / "report" / "bench.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict) and r.get("status") == "ok" and r.get("latency_ms_p50")]
+
+
+def recorded_p50(figs: dict, model: str, precision: str) -> tuple[float, str] | None:
+    """(ms, where from): the bench report's CPU batch-1 cell with the fewest threads, else quantize's timing."""
+    cells = sorted((r["threads"], r["latency_ms_p50"]) for r in bench_rows() if r.get("model") == model
+                   and r.get("precision") == precision and r.get("ep") == "cpu" and r.get("batch") == 1)
+    if cells:
+        return cells[0][1], f"bench, cpu, {cells[0][0]} thread(s)"
+    speed = figs.get("speed") or {}
+    return (speed["ms_p50"], f"quantize, {speed.get('threads')} thread(s)") if "ms_p50" in speed else None
+
+
+def figures_ui(figs: dict, model: str, precision: str) -> None:
     found = common.accuracy(figs)
     cols = st.columns(3)
-    cols[0].metric("Recorded accuracy", f"{found[1]:.4f}" if found else "n/a", found[0] if found else None,
+    cols[0].metric("Recorded accuracy", f"{100 * found[1]:.2f}%" if found else "n/a", found[0] if found else None,
                    delta_color="off")
     cols[1].metric("Size", f"{figs.get('size_mb', float('nan')):.2f} MB")
-    speed = figs.get("speed") or {}
-    cols[2].metric("Recorded p50", f"{speed['ms_p50']:.1f} ms" if "ms_p50" in speed else "n/a",
-                   f"x{speed['speedup']:.2f} vs fp32" if "speedup" in speed else None, delta_color="off")
+    recorded = recorded_p50(figs, model, precision)
+    cols[2].metric("Recorded p50", f"{recorded[0]:.1f} ms" if recorded else "n/a", recorded[1] if recorded else None,
+                   delta_color="off")
     with st.expander("Parity and evaluations recorded by the build"):
         st.json({"parity_vs": figs.get("parity_vs"), "parity": figs.get("parity"),
                  "evaluations": {k: v.get("metrics") for k, v in (figs.get("evaluations") or {}).items()},
@@ -91,11 +110,13 @@ def bench_ui() -> None:
     st.caption(f"`{path}`: {len(rows)} measured cells")
     rows["ep x precision"] = rows["ep"] + " / " + rows["precision"]
     rows["cell"] = rows["ep x precision"] + " / " + rows["threads"].astype(str) + "t"  # one bar per cell, not summed
-    bars = alt.Chart(rows).mark_bar().encode(
-        x=alt.X("latency_ms_p50:Q", title="latency p50 (ms)"), y=alt.Y("cell:N", title=None),
+    bars = alt.Chart(rows).mark_bar().encode(  # labels in full, one 20 px band per cell: none cut or overlapping
+        x=alt.X("latency_ms_p50:Q", title="latency p50 (ms)"),
+        y=alt.Y("cell:N", title=None, axis=alt.Axis(labelLimit=0)),
         color="precision:N", row=alt.Row("model:N", title=None),
         tooltip=["model", "precision", "ep", "threads", "batch", "latency_ms_p50", "latency_ms_p90"],
-    ).transform_filter(alt.datum.batch == 1).resolve_scale(y="independent")  # each model lists only its own cells
+    ).transform_filter(alt.datum.batch == 1).resolve_scale(y="independent").properties(  # own cells per model
+        height=alt.Step(20))
     st.altair_chart(bars)
     figs = {key: common.figures(path) for key, path in common.find_artifacts().items()}
     rows["accuracy"] = [(common.accuracy(figs.get((m, p), {})) or (None, None))[1]
@@ -130,7 +151,7 @@ def main() -> None:
             else:
                 st.success(f"{model} {precision} on {used[0]}: p50 {p50:.2f} ms over {len(times)} warm runs "
                            f"on {name} ({image_rgb.shape[1]}x{image_rgb.shape[0]})")
-        figures_ui(common.figures(path))
+        figures_ui(common.figures(path), model, precision)
     bench_ui()
 
 

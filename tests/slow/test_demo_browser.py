@@ -1,39 +1,18 @@
-"""The demo in a real browser: `streamlit run apps/Home.py` headless, driven by selenium + headless Chromium."""
+"""The demo in a real browser: `edgepipe demo` headless, driven by selenium + headless Chromium."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.servers import free_port, stop, wait_healthy
+
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {server.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                if reply.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"streamlit did not answer at {url} within {timeout_s} s")
 
 
 @pytest.mark.slow
@@ -46,17 +25,17 @@ def test_object_detection_in_a_browser(artifacts, shared_data, tmp_path):
 
     if not Path(CHROMEDRIVER).is_file():
         pytest.fail(f"{CHROMEDRIVER} not found: apt-get install chromium-driver")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, EDGEPIPE_ARTIFACTS=str(next(iter(artifacts.values())).parent),
-               EDGEPIPE_GALLERY=str(tmp_path / "gallery.json"), PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "streamlit", "run", "apps/Home.py", "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
+               EDGEPIPE_GALLERY=str(tmp_path / "gallery.json"))
+    command = [str(Path(sys.executable).with_name("edgepipe")), "demo", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1"]
     log = open(tmp_path / "streamlit.log", "w")
-    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     driver = None
     try:
-        _wait_healthy(url, server)
+        wait_healthy(url, server)
         options = webdriver.ChromeOptions()
         for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                      "--window-size=1400,1800"):
@@ -83,9 +62,5 @@ def test_object_detection_in_a_browser(artifacts, shared_data, tmp_path):
     finally:
         if driver is not None:
             driver.quit()
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         log.close()

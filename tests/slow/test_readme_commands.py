@@ -1,0 +1,241 @@
+"""Every command README.md shows, run the way a user runs it: the installed `edgepipe` console script in a fresh
+process, from a folder outside the repository, on small inputs. Each one must exit 0, write what it says, and
+print no traceback or warning the user cannot act on.
+
+`test_readme_shows_no_command_left_unrun` keeps this file in step with the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import free_port, stop, wait_healthy
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+EDGEPIPE = Path(sys.executable).with_name("edgepipe")  # the console script pip installed beside this interpreter
+RUN_HERE = {  # every command README.md shows -> the test below that runs it
+    "zoo list": "test_zoo_list", "build": "test_main_job_on_its_defaults", "export": "test_export",
+    "eval": "test_eval_finds_the_detector_beside_the_embedder", "quantize": "test_quantize_fp16",
+    "bench": "test_bench_then_report", "report": "test_bench_then_report", "env create": "test_env_create",
+    "train": "test_fine_tune_block", "split": "test_fine_tune_block", "run": "test_run_an_image",
+    "demo": "test_demo_serves_the_app", "faces enroll": "test_faces_and_run_with_a_gallery",
+    "faces identify": "test_faces_and_run_with_a_gallery",
+}
+NOISE = ("Traceback", "torchvision", "FutureWarning", "DeprecationWarning")
+
+
+def edgepipe(*args, cwd: Path, cache: Path, timeout: float = 900, **env) -> subprocess.CompletedProcess:
+    """Run `edgepipe ARGS` with EDGEPIPE_CACHE=cache; asserts exit 0 and a clean stderr."""
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment.update(EDGEPIPE_CACHE=str(cache), **env)
+    result = subprocess.run([str(EDGEPIPE), *map(str, args)], cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, env=environment)
+    command = " ".join(map(str, args))
+    assert result.returncode == 0, f"edgepipe {command} exited {result.returncode}:\n{result.stderr[-3000:]}"
+    noise = [word for word in NOISE if word in result.stderr]
+    assert not noise, f"edgepipe {args[0]} printed {noise} on stderr:\n{result.stderr[-3000:]}"
+    return result
+
+
+def _readme_commands() -> set[str]:
+    """`edgepipe SUB [SUBSUB]` for every command README.md shows in code (its blocks, its CLI table)."""
+    readme = (REPO / "README.md").read_text()
+    code = "\n".join(re.findall(r"```.*?```|`[^`\n]+`", readme, re.S))
+    found = set()
+    for match in re.finditer(r"(?:^|[\s/`])edgepipe ([a-z]+)(?: ([a-z]+))?", code, re.M):
+        sub, subsub = match.groups()
+        if sub not in {"zoo", "env", "faces"}:
+            found.add(sub)
+        elif subsub:  # `edgepipe faces` alone names the group, not a command
+            found.add(f"{sub} {subsub}")
+    return found
+
+
+def _cli_commands() -> list[str]:
+    from edgepipe.cli import _parser
+
+    commands = []
+    for action in _parser()._subparsers._group_actions:
+        for name, sub in action.choices.items():
+            inner = [a for a in sub._actions if a.__class__.__name__ == "_SubParsersAction"]
+            commands += [f"{name} {n}" for n in inner[0].choices] if inner else [name]
+    return commands
+
+
+@pytest.fixture(scope="module")
+def cache(cache_dir, tmp_path_factory) -> Path:
+    """A cache with the session's verified weights but no artifacts, envs or gallery of its own: what a
+    newcomer's cache holds after the first fetch."""
+    root = tmp_path_factory.mktemp("cache")
+    for name in ("files", "weights"):
+        (cache_dir / name).mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(cache_dir / name, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def art(artifacts, tmp_path_factory) -> Path:
+    """A folder holding the four fp32 artifacts and their JSON, as `build --out` leaves it."""
+    folder = tmp_path_factory.mktemp("art")
+    for onnx_path in artifacts.values():
+        for path in (onnx_path, onnx_path.with_suffix(".json")):
+            shutil.copy(path, folder / path.name)
+    return folder
+
+
+def test_readme_shows_no_command_left_unrun():
+    shown = _readme_commands()
+    assert shown <= set(RUN_HERE), f"README shows {sorted(shown - set(RUN_HERE))}, which no test here runs"
+    assert set(_cli_commands()) == set(RUN_HERE), "a CLI command is missing from RUN_HERE (or gone from the CLI)"
+    names = {name for name, value in globals().items() if name.startswith("test_")}
+    assert set(RUN_HERE.values()) <= names
+
+
+def test_help_of_every_command(tmp_path, cache):
+    assert "export" in edgepipe("--help", cwd=tmp_path, cache=cache).stdout
+    for command in _cli_commands():
+        out = edgepipe(*command.split(), "--help", cwd=tmp_path, cache=cache).stdout
+        assert out.startswith(f"usage: edgepipe {command}"), out[:200]
+    assert "--server.port" in edgepipe("demo", "--help", cwd=tmp_path, cache=cache).stdout
+
+
+def test_zoo_list(tmp_path, cache):
+    from edgepipe.models import list_models
+
+    out = edgepipe("zoo", "list", cwd=tmp_path, cache=cache).stdout
+    assert all(name in out for name in list_models())
+    assert "blazeface_front" in edgepipe("zoo", "list", "blazeface*", cwd=tmp_path, cache=cache).stdout
+
+
+def test_main_job_on_its_defaults(tmp_path, cache):
+    """README's first command: `edgepipe build` with nothing else, writing to CACHE/artifacts."""
+    from edgepipe.models import list_models
+
+    out = edgepipe("build", cwd=tmp_path, cache=cache).stdout
+    folder = cache / "artifacts"
+    for name in list_models():
+        assert name in out and (folder / f"{name}.fp32.onnx").is_file() and (folder / f"{name}.fp32.json").is_file()
+    assert "no accuracy figures: add --data DIR" in out and "metric" not in out.splitlines()[0]
+    report = (folder / "report" / "report.md").read_text()
+    assert report.count("No accuracy figures") == 1, "the report repeats its empty accuracy section"
+    assert (folder / "report" / "report.html").is_file() and json.loads((folder / "report" / "bench.json").read_text())
+
+
+def test_export(tmp_path, cache):
+    out = edgepipe("export", "blazeface_front.mediapipe", "--out", tmp_path / "d", cwd=tmp_path, cache=cache).stdout
+    onnx_path = tmp_path / "d" / "blazeface_front.mediapipe.fp32.onnx"
+    assert f"wrote {onnx_path}" in out and onnx_path.is_file()
+    assert json.loads(onnx_path.with_suffix(".json").read_text())["parity"]["gate_max_abs_diff"] <= 1e-4
+
+
+def test_eval_finds_the_detector_beside_the_embedder(art, shared_data, tmp_path):
+    """The face detector sits beside the embedder (as `build --out` leaves them), not in the (empty) cache."""
+    empty_cache = tmp_path / "cache"
+    out = edgepipe("eval", art / "dlib_resnet29.facerec.fp32.onnx", "--data", shared_data / "lfw_10ids", "--json",
+                   tmp_path / "lfw.json", cwd=tmp_path, cache=empty_cache).stdout
+    report = json.loads((tmp_path / "lfw.json").read_text())
+    assert report["metrics"]["accuracy"] >= 0.99 and report["details"]["detector"] == "blazeface_back.mediapipe"
+    assert re.search(r"accuracy 99\.\d\d%", out), out  # people read percent, as README and quantize print
+
+
+def test_quantize_fp16(art, tmp_path, cache):
+    """The command that crashed in issue #19 (`onnxruntime.transformers` shadowed our `models`)."""
+    out = edgepipe("quantize", art / "nanodet_g.coco.fp32.onnx", "--precision", "fp16", "--out", tmp_path / "q16",
+                   cwd=tmp_path, cache=cache).stdout
+    onnx_path = tmp_path / "q16" / "nanodet_g.coco.fp16.onnx"
+    assert f"wrote {onnx_path}" in out and onnx_path.is_file()
+    assert json.loads(onnx_path.with_suffix(".json").read_text())["precision"] == "fp16"
+
+
+def test_bench_then_report(art, tmp_path, cache):
+    model = art / "blazeface_front.mediapipe.fp32.onnx"
+    out = edgepipe("bench", model, "--threads", "1", "--warmup", 1, "--runs", 3, "--no-baselines", "--json",
+                   tmp_path / "bench.json", cwd=tmp_path, cache=cache).stdout
+    rows = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["status"] for r in rows] == ["ok"] and rows[0]["latency_ms_p50"] > 0 and "blazeface_front" in out
+    edgepipe("report", tmp_path / "bench.json", "--out", tmp_path / "report", cwd=tmp_path, cache=cache)
+    assert "blazeface_front.mediapipe" in (tmp_path / "report" / "report.md").read_text()
+    assert "<svg" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_env_create(tmp_path, cache):
+    out = edgepipe("env", "create", "openvino", cwd=tmp_path, cache=cache).stdout
+    assert "OpenVINOExecutionProvider" in out and (cache / "envs" / "openvino" / "bin" / "python").is_file()
+
+
+def test_run_an_image(art, group_photos, tmp_path, cache):
+    out = edgepipe("run", art / "nanodet_g.coco.fp32.onnx", group_photos[0], "--out", tmp_path / "boxes.jpg",
+                   cwd=tmp_path, cache=cache).stdout
+    detections = int(re.search(r"(\d+) detections", out).group(1))
+    assert detections > 0 and (tmp_path / "boxes.jpg").stat().st_size > 0
+
+
+def test_faces_and_run_with_a_gallery(art, group_photos, tmp_path):
+    """enroll and identify with --embedder only (the detector is found beside it), then `run --gallery`."""
+    empty_cache, gallery = tmp_path / "cache", tmp_path / "gallery.json"
+    embedder = art / "dlib_resnet29.facerec.fp32.onnx"
+    edgepipe("faces", "enroll", gallery, "someone", group_photos[0], "--embedder", embedder, cwd=tmp_path,
+             cache=empty_cache)
+    assert json.loads(gallery.read_text())
+    out = edgepipe("faces", "identify", gallery, group_photos[0], "--embedder", embedder, "--out",
+                   tmp_path / "named.jpg", cwd=tmp_path, cache=empty_cache).stdout
+    assert "someone" in out and (tmp_path / "named.jpg").is_file()
+    out = edgepipe("run", embedder, group_photos[0], "--gallery", gallery, "--out", tmp_path / "run.jpg",
+                   cwd=tmp_path, cache=empty_cache).stdout
+    assert "image(s)" in out and (tmp_path / "run.jpg").is_file()
+
+
+def test_fine_tune_block(art, shared_data, tmp_path, cache):
+    """README's fine-tuning block, one epoch instead of sixty."""
+    edgepipe("split", shared_data / "widerface_val_100", "--out", "faces", cwd=tmp_path, cache=cache)
+    assert (tmp_path / "faces" / "train" / "gt.txt").is_file() and (tmp_path / "faces" / "val" / "gt.txt").is_file()
+    edgepipe("train", "nanodet_g.coco", "--data", "faces/train", "--val", "faces/val", "--epochs", 1, "--out",
+             "runs/faces", cwd=tmp_path, cache=cache)
+    assert (tmp_path / "runs" / "faces" / "best.safetensors").is_file()
+    edgepipe("export", "nanodet_g.coco", "--weights", "runs/faces/best.safetensors", "--out", "faces_art",
+             cwd=tmp_path, cache=cache)
+    onnx_path = tmp_path / "faces_art" / "nanodet_g.coco.fp32.onnx"
+    assert json.loads(onnx_path.with_suffix(".json").read_text())["meta"]["labels"] == ["face"]
+    out = edgepipe("eval", "faces_art/nanodet_g.coco.fp32.onnx", "--data", "faces/val", cwd=tmp_path,
+                   cache=cache).stdout
+    assert "ap_50" in out
+    edgepipe("quantize", "faces_art/nanodet_g.coco.fp32.onnx", "--precision", "int8", "--calib",
+             shared_data / "coco_calib", "--calib-size", 8, "--eval-data", "faces/val", "--max-drop", 100,
+             "--out", "faces_art", cwd=tmp_path, cache=cache)
+    assert (tmp_path / "faces_art" / "nanodet_g.coco.int8.onnx").is_file()
+
+
+def test_demo_serves_the_app(art, tmp_path, cache):
+    port = free_port()
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment.update(EDGEPIPE_CACHE=str(cache), EDGEPIPE_ARTIFACTS=str(art))
+    with open(tmp_path / "demo.log", "w") as log:
+        server = subprocess.Popen([str(EDGEPIPE), "demo", "--server.headless", "true", "--server.port", str(port),
+                                   "--server.address", "127.0.0.1"], cwd=tmp_path, env=environment, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", server)
+        finally:
+            stop(server)
+    assert "Traceback" not in (tmp_path / "demo.log").read_text()
+
+
+def test_readme_runtime_snippet(art, group_photos, tmp_path):
+    """The Python snippet under "Where things go", with its file names pointed at real files."""
+    snippet = re.search(r"```python\n(from edgepipe\.runtime import .+?)```", (REPO / "README.md").read_text(),
+                        re.S).group(1)
+    shutil.copy(art / "nanodet_g.coco.fp32.onnx", tmp_path)
+    shutil.copy(group_photos[0], tmp_path / "street.jpg")
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^person 0\.\d+ \[", result.stdout, re.M), result.stdout[:500]
