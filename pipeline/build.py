@@ -60,7 +60,8 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
         get_spec(name)  # fail on an unknown name before any work
     layouts = {Path(d): detect_layout(Path(d)) for d in data_dirs}
     artifacts: dict[str, Artifact] = {}
-    for name in tqdm(names, desc="export", unit="model", disable=not progress):
+    # disable=None: a bar on a terminal only; a log would get its last line twice, and every redraw
+    for name in tqdm(names, desc="export", unit="model", disable=None if progress else True):
         artifacts[name] = export_onnx(name, out_dir, cache_dir=cache_dir, weights=weights)
     detector = _face_detector(artifacts, out_dir, cache_dir, names, layouts)
     scored_on = {name: [d for d, layout in layouts.items() if _fits(artifact, layout, d)]

@@ -153,7 +153,7 @@ def _boxes_scores(detector, image) -> tuple[np.ndarray, np.ndarray]:
 def _face_detection(detector, data_dir: Path, progress: bool) -> EvalReport:
     gt = read_widerface_gt(data_dir)
     detections = {}
-    for entry in tqdm(gt, desc="detecting faces", unit="img", disable=not progress):
+    for entry in tqdm(gt, desc="detecting faces", unit="img", disable=None if progress else True):
         detections[entry.path] = _boxes_scores(detector, read_image(entry.path))
     figures = widerface_ap(detections, gt)
     metrics = {"ap_50": figures.pop("ap_50"), "recall": figures.pop("recall")}
@@ -170,7 +170,7 @@ def _coco_detection(detector: ObjectDetector, data_dir: Path, progress: bool) ->
     category_of = {name: cid for cid, name in coco.categories.items()}  # our labels -> the data set's ids
     unmatched = sorted(set(detector.labels) - set(category_of))
     detections = []
-    for image_id, path, _, _ in tqdm(coco.images, desc="detecting", unit="img", disable=not progress):
+    for image_id, path, _, _ in tqdm(coco.images, desc="detecting", unit="img", disable=None if progress else True):
         for det in detector.detect(read_image(path), score_thresh=EVAL_SCORE_FLOOR):
             if det.label in category_of:
                 x1, y1, x2, y2 = (float(v) for v in det.box_xyxy)
@@ -221,7 +221,7 @@ def _face_verification(embedder: FaceEmbedder, detector: FaceDetector, data_dir:
     n_folds, pairs = read_lfw_pairs(data_dir)
     images = sorted({p for pair in pairs for p in pair[:2]})
     embeddings, no_face = {}, []
-    for path in tqdm(images, desc="embedding", unit="img", disable=not progress):
+    for path in tqdm(images, desc="embedding", unit="img", disable=None if progress else True):
         image = read_image(path)
         centre = np.array([image.shape[1], image.shape[0]]) / 2  # LFW photos are centred on the face they are about
         face = nearest_face(detector.detect(image), centre)

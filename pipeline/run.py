@@ -88,7 +88,7 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
         if not images:
             raise InputError(f"{input_path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         total = 0
-        for path in tqdm(images, desc="images", unit="img", disable=not progress):
+        for path in tqdm(images, desc="images", unit="img", disable=None if progress else True):
             annotated, n = annotate(read_image(path))
             atomic_write(out_path / path.name, encode_image(annotated, path.suffix.lower()))
             total += n
@@ -109,7 +109,8 @@ def _run_video(annotate, input_path: Path, out_path: Path, progress: bool, start
     count = total = 0
     try:
         with VideoOut(out_path, fps, (width, height)) as video:
-            for frame in tqdm(read_frames(capture), total=frames, desc="frames", unit="frame", disable=not progress):
+            for frame in tqdm(read_frames(capture), total=frames, desc="frames", unit="frame",
+                              disable=None if progress else True):
                 annotated, n = annotate(frame)
                 video.write(annotated)
                 count, total = count + 1, total + n

@@ -130,7 +130,8 @@ def fit(recipe: Recipe, options: TrainOptions, out_dir: str | Path, *, meta: dic
         model.train()
         sums: dict[str, float] = {}
         batches = tqdm(recipe.batches(rng, options.batch_size), total=recipe.n_batches(options.batch_size),
-                       desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch", disable=not progress, leave=False)
+                       desc=f"epoch {epoch + 1}/{options.epochs}", unit="batch", leave=False,
+                       disable=None if progress else True)  # None: a bar on a terminal, none in a log
         for n, batch in enumerate(batches, 1):
             lr = learning_rate(options, step, total_steps)
             for group in optimizer.param_groups:

@@ -1,5 +1,8 @@
 """`edgepipe run` on real images and videos, and its bad-input messages."""
 
+import os
+import stat
+
 import cv2
 import pytest
 
@@ -18,8 +21,14 @@ def test_run_annotates_a_video_and_a_folder(artifacts, shared_data, tmp_path, ca
     assert frames == 120
     summary = capsys.readouterr().out
     assert "video: 120 frames" in summary and "per second" in summary
+    assert "video: 120 frames, 0 detections" not in summary  # the faces in the clip are found
     assert main(["run", detector, str(shared_data / "group_photos"), "--out", str(tmp_path / "annotated")]) == 0
     assert len(list((tmp_path / "annotated").glob("*.jpg"))) == 6
+    assert "6 image(s), 0 detections" not in capsys.readouterr().out
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (out, next((tmp_path / "annotated").glob("*.jpg"))):  # a video as readable as an image
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
 
 def _error(capsys, code, needle):
