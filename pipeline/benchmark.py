@@ -23,7 +23,7 @@ import onnx
 from edgepipe.envs import MAIN_ENV, env_python, probe_env
 from edgepipe.errors import BenchmarkError
 from edgepipe.flops import count_flops, cpu_peak_gflops
-from edgepipe.runtime.session import METADATA_KEY
+from edgepipe.runtime.session import METADATA_KEY, read_contract
 from edgepipe.runtime.specs import ArtifactMeta, Layout
 from edgepipe.sources import default_cache_dir
 from edgepipe.timing import machine_info, time_detector, time_face_pipeline  # noqa: F401  (re-exported)
@@ -207,9 +207,7 @@ def _artifact_info(path: Path) -> _ArtifactInfo:
     except Exception as e:  # protobuf DecodeError and friends
         raise BenchmarkError(f"{path}: not a loadable ONNX file ({type(e).__name__})") from e
     props = {p.key: p.value for p in proto.metadata_props}
-    if METADATA_KEY not in props:
-        raise BenchmarkError(f"{path}: has no edgepipe metadata (key {METADATA_KEY!r}); export it with `edgepipe export`")
-    meta = ArtifactMeta.from_json(props[METADATA_KEY])
+    meta = read_contract(props, path)
     try:
         gflops = count_flops(proto, batch=1) / 1e9
     except BenchmarkError as e:

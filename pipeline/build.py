@@ -9,10 +9,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from edgepipe.artifact import Artifact
 from edgepipe.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
 from edgepipe.errors import QuantizeError, SpecError
 from edgepipe.evaluate import detect_layout, evaluate
-from edgepipe.export import PARITY_DETECTOR, Artifact, export_onnx
+from edgepipe.export import PARITY_DETECTOR, export_onnx
 from edgepipe.metrics.coco import read_coco
 from edgepipe.models import get_spec, list_models
 from edgepipe.quantize import QuantizeOptions, quantize

@@ -12,7 +12,6 @@ import platform
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import onnxruntime
 import torch
 
 import edgepipe
+from edgepipe.artifact import Artifact, write_contract
 from edgepipe.errors import ArtifactError, ExportError
 from edgepipe.export_nms import NMS_OUTPUTS, GFLDecoded, with_nms
 from edgepipe.models import build, get_spec
@@ -28,27 +28,16 @@ from edgepipe.models.registry import spec_of
 from edgepipe.parity import chips_for_parity, measure_parity
 from edgepipe.runtime.atomic import atomic_write
 from edgepipe.runtime.preprocess import read_image
-from edgepipe.runtime.session import METADATA_KEY
 from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, GFLHead, Precision
 from edgepipe.samples import sample_images
 from edgepipe.sources import sha256_file
 from edgepipe.specs import ModelSpec
 
-__all__ = ["export_onnx", "Artifact", "artifact_meta"]
+__all__ = ["export_onnx", "artifact_meta"]
 
 log = logging.getLogger(__name__)
 
 PARITY_DETECTOR = "blazeface_back.mediapipe"  # finds the faces whose chips test an embedder's parity
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """An exported or quantized model file, its figures JSON, and its contract."""
-
-    onnx_path: Path
-    json_path: Path
-    meta: ArtifactMeta
-    figures: dict = field(default_factory=dict, compare=False)
 
 
 def artifact_meta(spec: ModelSpec, precision: Precision = Precision.FP32, *, opset: int = 18,
@@ -178,10 +167,7 @@ def _quiet_exporter():
 
 def _finish(proto: onnx.ModelProto, meta: ArtifactMeta) -> onnx.ModelProto:
     """Attach the contract and check the whole graph."""
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
-    proto.producer_name, proto.producer_version = "edgepipe", edgepipe.__version__
+    write_contract(proto, meta)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:

@@ -19,10 +19,10 @@ import onnx
 import onnxruntime
 
 import edgepipe
+from edgepipe.artifact import Artifact, write_contract
 from edgepipe.benchmark import machine_info
 from edgepipe.errors import QuantizeError
 from edgepipe.evaluate import evaluate
-from edgepipe.export import Artifact
 from edgepipe.ort_quantization import (
     CalibrationMethod,
     QuantFormat,
@@ -37,7 +37,7 @@ from edgepipe.ort_quantization import (
 from edgepipe.quantize_calib import ImageReader, calibration_inputs, list_images, quantized_nodes, rank_harmful_nodes
 from edgepipe.quantize_figures import compare_outputs, time_pair
 from edgepipe.runtime.atomic import atomic_write
-from edgepipe.runtime.session import METADATA_KEY, load
+from edgepipe.runtime.session import load
 from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, Precision
 from edgepipe.samples import sample_images
 from edgepipe.sources import sha256_file
@@ -319,11 +319,7 @@ def _calibrate(prepared: Path, meta: ArtifactMeta, inputs, tmp: Path, method: Ca
 def _attempt(path: Path, proto: onnx.ModelProto, meta: ArtifactMeta, fp32_path: Path, options: QuantizeOptions,
              fp32_metric: dict | None, excluded: list[str]) -> dict:
     """Stamp the contract on a candidate and score it against the budget."""
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
-    proto.producer_name, proto.producer_version = "edgepipe", edgepipe.__version__
-    onnx.save_model(proto, str(path))
+    onnx.save_model(write_contract(proto, meta), str(path))
     attempt = {"path": path, "excluded": list(excluded), "round": 0, "within_budget": True, "drop_points": 0.0,
                "metric": None, "quantized_nodes": len(set(quantized_nodes(proto)) - set(excluded))}
     if fp32_metric is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import onnxruntime as ort
 from edgepipe.runtime.errors import ArtifactError
 from edgepipe.runtime.specs import ArtifactMeta
 
-__all__ = ["load", "Model"]
+__all__ = ["load", "Model", "read_contract"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,17 @@ class Model:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(self.meta.head.outputs)
+
+
+def read_contract(metadata: Mapping[str, str], path: str | Path) -> ArtifactMeta:
+    """The contract in an ONNX file's metadata (key -> value, as onnxruntime or onnx give it).
+
+    Raises:
+        ArtifactError: no edgepipe entry, or a malformed or incompatible one.
+    """
+    if METADATA_KEY not in metadata:
+        raise ArtifactError(f"{path}: has no edgepipe metadata (key {METADATA_KEY!r}); export it with `edgepipe export`")
+    return ArtifactMeta.from_json(metadata[METADATA_KEY])
 
 
 def load(
@@ -70,10 +82,7 @@ def load(
                                        providers=providers or ["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors for corrupt or invalid files
         raise ArtifactError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise ArtifactError(f"{path}: has no edgepipe metadata (key {METADATA_KEY!r}); export it with `edgepipe export`")
-    meta = ArtifactMeta.from_json(props[METADATA_KEY])
+    meta = read_contract(session.get_modelmeta().custom_metadata_map, path)
     inputs = [i.name for i in session.get_inputs()]
     outputs = {o.name for o in session.get_outputs()}
     if inputs != [meta.input_name]:

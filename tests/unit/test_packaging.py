@@ -3,8 +3,12 @@
 import ast
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI (a dev dependency)
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 FOLDERS = {"pipeline": "edgepipe", "models": "edgepipe.models", "apps": "edgepipe.apps"}  # folder -> package

@@ -18,6 +18,17 @@ def test_runtime_never_imports_torch_or_models():
     assert result.returncode == 0, result.stderr
 
 
+def test_quantize_evaluate_bench_and_report_never_import_torch():
+    """Only export (and train) need torch: the stages after it run on a machine without it."""
+    stages = ("edgepipe.artifact", "edgepipe.quantize", "edgepipe.evaluate", "edgepipe.benchmark", "edgepipe.report",
+              "edgepipe.bench_worker", "edgepipe.run")
+    code = (f"import importlib, sys; [importlib.import_module(m) for m in {stages!r}]; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('edgepipe.models', "
+            "'edgepipe.export'))]; sys.exit(str(bad[:5]) if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 def test_runtime_sources_import_only_allowed_modules():
     stdlib = set(sys.stdlib_module_names)
     for path in RUNTIME.glob("*.py"):
