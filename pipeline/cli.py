@@ -83,7 +83,7 @@ def _cmd_eval(args) -> int:
                       interpolation=args.interpolation, reference=args.reference)
     if args.json:
         atomic_write(args.json, report.to_json().encode())
-    print(f"{report.task} of {report.model} ({report.precision}) on {args.data}: "
+    print(f"{report.task.value} of {report.model} ({report.precision}) on {args.data}: "
           + ", ".join(_metric_text(k, v) for k, v in report.metrics.items() if v is not None))
     return 0
 

@@ -20,7 +20,7 @@ from edgepipe.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
 from edgepipe.runtime.faces import face_chip, nearest_face
 from edgepipe.runtime.postprocess import embedding_distance
 from edgepipe.runtime.preprocess import read_image
-from edgepipe.runtime.specs import BlazeFaceHead, EmbeddingHead, GFLHead
+from edgepipe.runtime.specs import Task
 
 __all__ = ["evaluate", "evaluate_model", "EvalReport"]
 
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 class EvalReport:
     """Task metrics of one artifact on one data set (JSON-ready)."""
 
-    task: str
+    task: Task  # the task scored: face verification on LFW pairs is the embedder's task, face_embedding
     metrics: dict
     data: str
     model: str
@@ -103,7 +103,7 @@ def evaluate_model(model, data_dir: str | Path, *, detector: str | Path | None =
     layout = detect_layout(data_dir)
     artifact = model.path
     if layout == "lfw":
-        if not isinstance(model.meta.head, EmbeddingHead):
+        if model.meta.head.task != Task.FACE_EMBEDDING:
             raise SpecError(f"{artifact}: a {model.meta.task.value} model cannot be evaluated on LFW pairs; "
                             "pass a face embedder")
         if detector is None:
@@ -111,13 +111,13 @@ def evaluate_model(model, data_dir: str | Path, *, detector: str | Path | None =
                             "beside the embedder or in CACHE/artifacts)")
         return _face_verification(FaceEmbedder(model), FaceDetector.from_path(detector), data_dir, progress)
     if layout == "coco":
-        if not isinstance(model.meta.head, GFLHead):
+        if model.meta.head.task != Task.DETECTION:
             raise SpecError(f"{artifact}: a {model.meta.task.value} model cannot be scored on COCO boxes; "
                             "pass an object detector")
         return _coco_detection(ObjectDetector(model), data_dir, progress)
-    if isinstance(model.meta.head, BlazeFaceHead):
+    if model.meta.head.task == Task.FACE_DETECTION:
         return _face_detection(FaceDetector(model), data_dir, progress)
-    if isinstance(model.meta.head, GFLHead) and "face" in model.meta.labels:
+    if model.meta.head.task == Task.DETECTION and "face" in model.meta.labels:
         return _face_detection(ObjectDetector(model), data_dir, progress)
     raise SpecError(f"{artifact}: WIDER FACE needs a face detector (or a box detector with a 'face' label); "
                     f"this is {model.meta.model_name} with labels {list(model.meta.labels)[:5]}")
@@ -134,7 +134,7 @@ def _torch_reference(model):
     from edgepipe.parity import TorchModel
 
     meta = model.meta
-    if isinstance(meta.head, GFLHead) and meta.head.mode == "nms":  # the source module gives the dense outputs
+    if getattr(meta.head, "mode", "dense") == "nms":  # the source module gives the dense outputs
         meta = dataclasses.replace(meta, head=dataclasses.replace(meta.head, mode="dense",
                                                                   outputs=("scores", "distributions")))
     return TorchModel(model.path, meta, build(meta.model_name))
@@ -161,7 +161,7 @@ def _face_detection(detector, data_dir: Path, progress: bool) -> EvalReport:
     details = {**figures, "score_floor": EVAL_SCORE_FLOOR, "protocol": "VOC all-point AP at IoU 0.5 over faces with "
                "invalid == 0; detections matching invalid faces ignored"}
     details["interpolation"] = meta.input.interpolation
-    return EvalReport("face_detection", metrics, str(data_dir), meta.model_name, _precision(detector.model),
+    return EvalReport(Task.FACE_DETECTION, metrics, str(data_dir), meta.model_name, _precision(detector.model),
                       n_images=len(gt), details=details)
 
 
@@ -182,7 +182,7 @@ def _coco_detection(detector: ObjectDetector, data_dir: Path, progress: bool) ->
     details = {"map_75": figures.get("map_75"), "n_detections": len(detections), "score_floor": EVAL_SCORE_FLOOR,
                "labels_not_in_data": unmatched, "evaluator": "pycocotools COCOeval (bbox)",
                "preprocess": meta.input.resize.value, "interpolation": meta.input.interpolation}
-    return EvalReport("detection", metrics, str(data_dir), meta.model_name, _precision(detector.model),
+    return EvalReport(Task.DETECTION, metrics, str(data_dir), meta.model_name, _precision(detector.model),
                       n_images=len(coco.images), details=details)
 
 
@@ -245,7 +245,7 @@ def _face_verification(embedder: FaceEmbedder, detector: FaceDetector, data_dir:
                "metric": embedder.head.metric,
                "accuracy_at_model_threshold": float(((distances <= embedder.head.match_thresh) == same).mean()),
                "model_threshold": embedder.head.match_thresh}
-    return EvalReport("face_verification", metrics, str(data_dir), embedder.model.meta.model_name,
+    return EvalReport(Task.FACE_EMBEDDING, metrics, str(data_dir), embedder.model.meta.model_name,
                       _precision(embedder.model), n_pairs=len(pairs), details=details)
 
 

@@ -28,7 +28,7 @@ from edgepipe.models.registry import spec_of
 from edgepipe.parity import chips_for_parity, measure_parity
 from edgepipe.runtime.atomic import atomic_write
 from edgepipe.runtime.preprocess import read_image
-from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, GFLHead, Precision
+from edgepipe.runtime.specs import ArtifactMeta, Precision, Task
 from edgepipe.samples import sample_images
 from edgepipe.sources import sha256_file
 from edgepipe.specs import ModelSpec
@@ -95,8 +95,8 @@ def export_onnx(
         meta = dataclasses.replace(meta, source_package="local weights", source_file=Path(weights).name,
                                    source_sha256=sha256_file(Path(weights)))
     if nms_in_graph:
-        if not isinstance(spec.head, GFLHead):
-            raise ExportError(f"--nms-in-graph needs a box detector; {name} has a {spec.head.kind!r} head")
+        if spec.head.kind != "gfl":  # the one head whose boxes the graph can decode so far (export_nms.GFLDecoded)
+            raise ExportError(f"--nms-in-graph needs a GFL box detector; {name} has a {spec.head.kind!r} head")
         meta = dataclasses.replace(meta, head=dataclasses.replace(spec.head, mode="nms", outputs=NMS_OUTPUTS))
         decoded = GFLDecoded(model, spec.head, spec.input.input_hw).eval()
         proto = with_nms(_to_onnx(decoded, meta, opset, output_names=("all_boxes", "all_scores")), meta.head,
@@ -181,7 +181,7 @@ def _input_shape(meta: ArtifactMeta) -> tuple[int, int, int]:
 
 
 def _parity(model, onnx_path: Path, meta: ArtifactMeta, photos: list[np.ndarray], cache_dir) -> dict:
-    if isinstance(meta.head, EmbeddingHead):
+    if meta.head.task == Task.FACE_EMBEDDING:
         detector_spec = get_spec(PARITY_DETECTOR)
         detector = build(PARITY_DETECTOR, cache_dir=cache_dir)
         chips = chips_for_parity(detector, artifact_meta(detector_spec), photos, meta.head)

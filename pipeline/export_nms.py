@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from edgepipe.runtime.postprocess import gfl_centres
+from edgepipe.runtime.heads.gfl import gfl_centres
 from edgepipe.runtime.specs import GFLHead
 
 __all__ = ["GFLDecoded", "with_nms"]
@@ -21,7 +21,7 @@ _DENSE_OUTPUTS = ("all_boxes", "all_scores")
 class GFLDecoded(nn.Module):
     """Wraps a dense GFL detector so it returns (boxes (B, N, 4) xyxy in input px, scores (B, N, C)).
 
-    The same arithmetic as `edgepipe.runtime.postprocess.decode_gfl`, in torch so it exports.
+    The same arithmetic as `edgepipe.runtime.heads.gfl.decode_gfl`, in torch so it exports.
     """
 
     def __init__(self, model: nn.Module, head: GFLHead, input_hw: tuple[int, int]):

@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from edgepipe.runtime import load
-from edgepipe.runtime.detection import detections_from_outputs
-from edgepipe.runtime.faces import detector_input, face_chip, faces_from_outputs
+from edgepipe.runtime.faces import face_chip
 from edgepipe.runtime.postprocess import box_iou
 from edgepipe.runtime.preprocess import prepare, to_input
-from edgepipe.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead, GFLHead
+from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, Task
 
 __all__ = ["measure_parity", "TorchModel"]
 
@@ -61,20 +60,18 @@ def measure_parity(torch_model: nn.Module, onnx_path, images_rgb: list[np.ndarra
     """
     model = load(onnx_path)
     meta = model.meta
-    if isinstance(meta.head, BlazeFaceHead):
-        return _detector_parity(torch_model, model, images_rgb)
-    if isinstance(meta.head, EmbeddingHead):
+    if meta.head.task == Task.FACE_EMBEDDING:
         return _embedder_parity(torch_model, model, chips_rgb or [])
-    if isinstance(meta.head, GFLHead):
-        return _box_detector_parity(torch_model, model, images_rgb)
-    raise TypeError(f"no parity check for head {meta.head.kind!r}")
+    if meta.head.task == Task.FACE_DETECTION:
+        return _detector_parity(torch_model, model, images_rgb)
+    return _box_detector_parity(torch_model, model, images_rgb)
 
 
 def _detector_parity(torch_model, model, images_rgb) -> dict:
     meta = model.meta
     raw, live, box_diff, kp_diff, ious, count_mismatch, n_faces = 0.0, 0.0, 0.0, 0.0, [], 0, 0
     for image in images_rgb:
-        batch, scale = detector_input(image, meta)
+        batch, scale = prepare(image, meta.input)
         ref, got = _torch_run(torch_model, batch), model.run(batch)
         raw = max(raw, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
         # Background anchors reach logits of ~1e4, where one float32 step is ~1e-3: judge the anchors that can
@@ -82,8 +79,8 @@ def _detector_parity(torch_model, model, images_rgb) -> dict:
         rows = 1.0 / (1.0 + np.exp(-np.clip(ref[0][0, :, 0], -80, 80))) >= LIVE_SCORE  # (A,)
         if rows.any():
             live = max(live, *(float(np.abs(a[0][rows] - b[0][rows]).max()) for a, b in zip(ref, got)))
-        ref_faces = faces_from_outputs(ref[0][0], ref[1][0], meta, scale, image.shape[:2])
-        got_faces = faces_from_outputs(got[0][0], got[1][0], meta, scale, image.shape[:2])
+        ref_faces = meta.head.decode(ref, meta, scale, image.shape[:2])
+        got_faces = meta.head.decode(got, meta, scale, image.shape[:2])
         n_faces += len(ref_faces)
         count_mismatch += abs(len(ref_faces) - len(got_faces))
         for a, b in zip(ref_faces, got_faces):
@@ -117,9 +114,8 @@ def chips_for_parity(detector_torch: nn.Module, detector_meta, images_rgb, head:
     """Aligned chips of the faces the torch detector finds in `images_rgb`, at most `limit`."""
     chips = []
     for image in images_rgb:
-        batch, scale = detector_input(image, detector_meta)
-        scores, regressors = _torch_run(detector_torch, batch)
-        for face in faces_from_outputs(scores[0], regressors[0], detector_meta, scale, image.shape[:2]):
+        batch, scale = prepare(image, detector_meta.input)
+        for face in detector_meta.head.decode(_torch_run(detector_torch, batch), detector_meta, scale, image.shape[:2]):
             chips.append(face_chip(image, face, head))
     return chips[:limit]
 
@@ -136,8 +132,8 @@ def _box_detector_parity(torch_model, model, images_rgb) -> dict:
         ref, got = _torch_run(torch_model, batch), model.run(batch)
         if meta.head.mode == "dense":
             raw = max(raw, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
-        ref_dets = detections_from_outputs(ref, dense_meta, scale, image.shape[:2], floor)
-        got_dets = detections_from_outputs(got, meta, scale, image.shape[:2], floor)
+        ref_dets = dense_meta.head.decode(ref, dense_meta, scale, image.shape[:2], floor)
+        got_dets = meta.head.decode(got, meta, scale, image.shape[:2], floor)
         n_dets += len(ref_dets)
         mismatches += abs(len(ref_dets) - len(got_dets))
         for a, b in zip(ref_dets, got_dets):

@@ -38,7 +38,7 @@ from edgepipe.quantize_calib import ImageReader, calibration_inputs, list_images
 from edgepipe.quantize_figures import compare_outputs, time_pair
 from edgepipe.runtime.atomic import atomic_write
 from edgepipe.runtime.session import load
-from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, Precision
+from edgepipe.runtime.specs import ArtifactMeta, Precision, Task
 from edgepipe.samples import sample_images
 from edgepipe.sources import sha256_file
 
@@ -58,38 +58,23 @@ _ORT_METHOD = {CalibMethod.MINMAX: CalibrationMethod.MinMax, CalibMethod.ENTROPY
 _PRECISIONS = (Precision.FP16, Precision.INT8, Precision.INT8_DYNAMIC)
 _QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
 # Task -> (EvalReport metric, largest accepted drop in points, i.e. percent of the [0, 1] metric).
-_BUDGET = {"detection": ("map_50_95", 1.0), "face_verification": ("accuracy", 0.3), "face_detection": ("ap_50", 1.0)}
+_BUDGET = {Task.DETECTION: ("map_50_95", 1.0), Task.FACE_EMBEDDING: ("accuracy", 0.3), Task.FACE_DETECTION: ("ap_50", 1.0)}
 
 
 @dataclass(frozen=True)
 class _Recipe:
-    """A family's measured int8 static settings (issue #5 table: coco_calib / group_photos chips against
-    coco_val_mini, widerface_val_100 and lfw_10ids, on an AVX2 CPU without VNNI)."""
+    """The int8 settings of one run: the head's `quant_defaults` with the options a user set put in their place."""
 
     method: CalibMethod
     per_channel: bool
-    # 7-bit weights: u8 x s8 products summed in pairs overflow int16 in the AVX2 kernels without VNNI, and per-channel
-    # scales put every channel at the full +-127 (measured: dlib fused 0.44-0.89 points off vs 0.00-0.33 simulated).
     reduce_range: bool
     calib_size: int
-    float_tail: float = 0.0  # share of the graph's nodes, counted back from the outputs, kept in float
-
-
-_FAMILY_DEFAULTS = {
-    # Percentile, per-channel 7-bit: mAP drop 0.07 / -0.03 / 1.11 over seeds 0-2 (per-tensor 8-bit: 0.95 / 1.40 / 0.80)
-    "gfl": _Recipe(CalibMethod.PERCENTILE, per_channel=True, reduce_range=True, calib_size=32),
-    # The last stage's activations reach ~7e3 and the score logits ~1e4: with the last 40% of nodes in float, AP@0.5
-    # drops 0.08 / -0.04 / 0.51 over seeds 0-2 (all but the output head in int8: 30+ points). Still ~1.7x slower
-    # than fp32 on AVX2 without VNNI (int8 depthwise convs), so the speed warning sends users to fp32.
-    "blazeface": _Recipe(CalibMethod.PERCENTILE, per_channel=True, reduce_range=True, calib_size=32, float_tail=0.4),
-    # MinMax, per-channel 7-bit, 64 chips: accuracy drop -0.11 over seeds 0-2 (8-bit: 0.89; 32 chips: 0.11)
-    "embedding": _Recipe(CalibMethod.MINMAX, per_channel=True, reduce_range=True, calib_size=64),
-}
+    float_tail: float = 0.0
 
 
 @dataclass(frozen=True)
 class QuantizeOptions:
-    """How to quantize; None fields take the measured default of the model's family (`_FAMILY_DEFAULTS`)."""
+    """How to quantize; None fields take the measured default of the model's family (the head's `quant_defaults`)."""
 
     calib_dir: Path | None = None  # photos only; int8 needs them, other precisions use them for parity and timing
     calib_size: int | None = None  # inputs calibrated on (face chips for an embedder)
@@ -156,7 +141,7 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
     _require_float(artifact, model.meta, source)
     meta = dataclasses.replace(model.meta, precision=target)
     recipe = _resolve(model.meta, options)
-    embedder = isinstance(meta.head, EmbeddingHead)
+    embedder = meta.head.task == Task.FACE_EMBEDDING
     if target == Precision.INT8 and options.calib_dir is None:
         raise QuantizeError("int8 static quantization needs calib_dir, a folder of real images")
     if embedder and options.eval_data is not None and options.detector is None:
@@ -239,7 +224,9 @@ def _require_float(path: Path, meta: ArtifactMeta, proto: onnx.ModelProto) -> No
 
 def _resolve(meta: ArtifactMeta, options: QuantizeOptions) -> _Recipe:
     """The family's recipe with the options that are not None put in its place."""
-    recipe = _FAMILY_DEFAULTS[meta.head.kind]
+    defaults = meta.head.quant_defaults
+    recipe = _Recipe(CalibMethod(defaults.method), defaults.per_channel, defaults.reduce_range, defaults.calib_size,
+                     defaults.float_tail)
     chosen = {field.name: getattr(options, field.name) for field in dataclasses.fields(_Recipe)}
     return dataclasses.replace(recipe, **{name: value for name, value in chosen.items() if value is not None})
 

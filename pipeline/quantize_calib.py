@@ -14,7 +14,7 @@ from edgepipe.errors import InputError, QuantizeError
 from edgepipe.ort_quantization import CalibrationDataReader
 from edgepipe.runtime.faces import FaceDetector, face_chip
 from edgepipe.runtime.preprocess import IMAGE_SUFFIXES, prepare, read_image, to_input
-from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead
+from edgepipe.runtime.specs import ArtifactMeta, Task
 
 __all__ = ["calibration_inputs", "ImageReader", "rank_harmful_nodes"]
 
@@ -46,7 +46,7 @@ def calibration_inputs(meta: ArtifactMeta, paths: list[Path], limit: int, *, see
     QuantizeError when no input results.
     """
     order = np.random.default_rng(seed).permutation(len(paths))
-    embedder = isinstance(meta.head, EmbeddingHead)
+    embedder = meta.head.task == Task.FACE_EMBEDDING
     face_detector = FaceDetector.from_path(detector) if embedder and detector is not None else None
     inputs, names = [], []
     for index in order:

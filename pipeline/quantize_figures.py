@@ -10,11 +10,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edgepipe.runtime.detection import detections_from_outputs
-from edgepipe.runtime.faces import faces_from_outputs
 from edgepipe.runtime.postprocess import box_iou
 from edgepipe.runtime.session import load
-from edgepipe.runtime.specs import BlazeFaceHead, EmbeddingHead
+from edgepipe.runtime.specs import Task
 
 __all__ = ["compare_outputs", "time_pair"]
 
@@ -40,7 +38,7 @@ def compare_outputs(fp32_path: Path, quant_path: Path, inputs: list[np.ndarray])
     raw = {name: {"max_abs_diff": diff[name],
                   "cosine": dot[name] / max(np.sqrt(ref_sq[name] * got_sq[name]), 1e-30)} for name in names}
     figures = {"n_inputs": len(inputs), "raw": raw}
-    if isinstance(meta.head, EmbeddingHead):
+    if meta.head.task == Task.FACE_EMBEDDING:
         cosines = np.array(decoded["cosines"])
         figures["embedding_cosine_min"] = float(cosines.min())
         figures["embedding_cosine_mean"] = float(cosines.mean())
@@ -57,17 +55,14 @@ def compare_outputs(fp32_path: Path, quant_path: Path, inputs: list[np.ndarray])
 
 def _decode_and_match(meta, ref: list[np.ndarray], got: list[np.ndarray], tally: dict) -> None:
     """Add one input's decoded agreement to `tally` (detections at the head's own threshold, in input pixels)."""
-    if isinstance(meta.head, EmbeddingHead):
+    if meta.head.task == Task.FACE_EMBEDDING:
         a, b = ref[0].astype(np.float64), got[0].astype(np.float64)
         tally["cosines"].extend((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
         return
     hw = meta.input.input_hw
-    if isinstance(meta.head, BlazeFaceHead):
-        found_ref = [(f.box_xyxy, 0) for f in faces_from_outputs(ref[0][0], ref[1][0], meta, (1.0, 1.0), hw)]
-        found_got = [(f.box_xyxy, 0) for f in faces_from_outputs(got[0][0], got[1][0], meta, (1.0, 1.0), hw)]
-    else:
-        found_ref = [(d.box_xyxy, d.class_id) for d in detections_from_outputs(ref, meta, (1.0, 1.0), hw)]
-        found_got = [(d.box_xyxy, d.class_id) for d in detections_from_outputs(got, meta, (1.0, 1.0), hw)]
+    # (box, class) of each result: faces are one class
+    found_ref = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(ref, meta, (1.0, 1.0), hw)]
+    found_got = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(got, meta, (1.0, 1.0), hw)]
     tally["reference"] += len(found_ref)
     tally["quantized"] += len(found_got)
     for box, cls in found_ref:

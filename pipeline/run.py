@@ -16,7 +16,7 @@ from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecogn
 from edgepipe.runtime.atomic import atomic_write
 from edgepipe.runtime.draw import draw_detections, draw_faces, draw_identities, encode_image
 from edgepipe.runtime.preprocess import IMAGE_SUFFIXES, read_image
-from edgepipe.runtime.specs import BlazeFaceHead, EmbeddingHead, GFLHead
+from edgepipe.runtime.specs import Task
 from edgepipe.runtime.video import VIDEO_SUFFIXES, VideoOut, open_video, read_frames
 
 __all__ = ["run_artifact", "RunSummary"]
@@ -40,7 +40,7 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
     """image -> (annotated image, number of results), for whatever kind of model the artifact is."""
     model = load(artifact)
     head = model.meta.head
-    if isinstance(head, GFLHead):
+    if head.task == Task.DETECTION:
         objects = ObjectDetector(model)
 
         def detect_objects(im):
@@ -48,7 +48,7 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
             return draw_detections(im, found), len(found)
 
         return detect_objects
-    if isinstance(head, BlazeFaceHead):
+    if head.task == Task.FACE_DETECTION:
         faces = FaceDetector(model)
 
         def detect_faces(im):
@@ -56,7 +56,7 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
             return draw_faces(im, found, [f"{face.score:.2f}" for face in found]), len(found)
 
         return detect_faces
-    if isinstance(head, EmbeddingHead):
+    if head.task == Task.FACE_EMBEDDING:
         if gallery is None or detector is None:
             raise SpecError(f"{artifact} is a face embedder: pass --gallery and --detector to identify people")
         recognizer = FaceRecognizer(FaceDetector.from_path(detector), FaceEmbedder(model), FaceGallery.load(gallery))

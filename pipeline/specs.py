@@ -76,8 +76,12 @@ class ModelSpec:
         arch, dot, tag = self.name.partition(".")
         if not dot or not arch or not tag or self.name != self.name.lower():
             raise SpecError(f"model name must look like '<arch>_<variant>.<tag>' in lower case, got {self.name!r}")
-        if self.head.kind == "embedding" and self.input.resize != Resize.ALIGNED_CHIP:
-            raise SpecError(f"{self.name}: an embedding head needs resize='aligned_chip', got {self.input.resize.value!r}")
+        if self.head.resize is not None and self.input.resize != self.head.resize:
+            raise SpecError(f"{self.name}: a {self.head.kind!r} head needs resize={self.head.resize.value!r}, got "
+                            f"{self.input.resize.value!r}")
+        if self.task != self.head.task:
+            raise SpecError(f"{self.name}: task {self.task.value!r} does not match the {self.head.kind!r} head, which "
+                            f"does {self.head.task.value!r}")
 
     def to_json(self) -> str:
         return json.dumps(_to_plain(self), sort_keys=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from edgepipe.flops import cpu_flags
 from edgepipe.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
-from edgepipe.runtime.specs import GFLHead
+from edgepipe.runtime.specs import Task
 
 __all__ = ["time_face_pipeline", "time_detector", "machine_info"]
 
@@ -80,7 +80,7 @@ def time_detector(artifact: Path, images_rgb: list[np.ndarray], *, warm_runs: in
     """
     started = time.perf_counter()
     model = load(artifact, intra_op_threads=threads)
-    detector = ObjectDetector(model) if isinstance(model.meta.head, GFLHead) else FaceDetector(model)
+    detector = ObjectDetector(model) if model.meta.head.task == Task.DETECTION else FaceDetector(model)
     detector.detect(images_rgb[0])
     cold_ms = (time.perf_counter() - started) * 1e3
     timings = []

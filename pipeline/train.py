@@ -26,7 +26,6 @@ from edgepipe.models.training.detection import DetectionRecipe
 from edgepipe.models.training.loop import LAST, FitResult, TrainOptions, fit
 from edgepipe.parity import TorchModel
 from edgepipe.runtime.atomic import atomic_write
-from edgepipe.specs import GFLHead
 
 __all__ = ["train", "split_data"]
 
@@ -46,7 +45,7 @@ def train(name: str, data: str | Path, val: str | Path, out_dir: str | Path, opt
             (and no `resume`), or a bad checkpoint.
     """
     spec = spec_of(name)
-    if not isinstance(spec.head, GFLHead):
+    if spec.head.kind != "gfl":  # the training recipe is NanoDet's (ATSS, GFL losses)
         raise TrainError(f"{name}: training is available for box detectors (GFL head); this model's head is "
                          f"{spec.head.kind!r}")
     out_dir = Path(out_dir)

@@ -11,7 +11,7 @@ from torch import nn
 
 from edgepipe.models.training.data import BoxAugment, BoxSet
 from edgepipe.models.training.gfl import GFLLoss
-from edgepipe.specs import GFLHead, ModelSpec
+from edgepipe.specs import ModelSpec
 
 __all__ = ["DetectionRecipe"]
 
@@ -28,7 +28,7 @@ class DetectionRecipe:
     backbone_prefixes = ("backbone.",)
 
     def __init__(self, model: nn.Module, spec: ModelSpec, data: BoxSet, augment: BoxAugment = BoxAugment()):
-        if not isinstance(spec.head, GFLHead):
+        if spec.head.kind != "gfl":
             raise TypeError(f"DetectionRecipe needs a GFL head, got {spec.head.kind!r}")
         self.model, self.spec, self.data, self.augment = model, spec, data, augment
         self.loss_fn = GFLLoss(spec.head, spec.input.input_hw)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from edgepipe.runtime.postprocess import gfl_centres
+from edgepipe.runtime.heads.gfl import gfl_centres
 from edgepipe.runtime.specs import GFLHead
 
 __all__ = ["GFLLoss", "atss_assign", "box_iou_aligned"]

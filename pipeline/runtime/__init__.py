@@ -4,10 +4,11 @@ Never imports torch, `edgepipe.models`, or any other part of `edgepipe`: the cor
 numpy, onnxruntime, opencv) is all a device needs to `from edgepipe.runtime import ...`.
 """
 
-from edgepipe.runtime.detection import Detection, ObjectDetector
+from edgepipe.runtime.detection import ObjectDetector
 from edgepipe.runtime.errors import ArtifactError, EdgepipeError, InputError
-from edgepipe.runtime.faces import Face, FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer, Match
+from edgepipe.runtime.faces import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer, Match
 from edgepipe.runtime.preprocess import decode_image, read_image
+from edgepipe.runtime.results import Detection, Face
 from edgepipe.runtime.session import Model, load
 from edgepipe.runtime.specs import ArtifactMeta
 

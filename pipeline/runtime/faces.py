@@ -1,12 +1,11 @@
 """Face detection, alignment, embedding and a persistent gallery, on onnxruntime + numpy + opencv.
 
-`FaceDetector`, `FaceEmbedder` and `FaceGallery` are the public classes; the pure functions
-`detector_input` / `faces_from_outputs` / `face_chip` are what the PyTorch reference path reuses.
+`FaceDetector`, `FaceEmbedder` and `FaceGallery` are the public classes; decoding is the head's
+(`meta.head.decode`) and `face_chip` aligns, and the PyTorch reference path reuses both.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,30 +14,18 @@ import cv2
 import numpy as np
 
 from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.enums import Task
 from edgepipe.runtime.errors import ArtifactError, InputError
-from edgepipe.runtime.postprocess import blazeface_anchors, decode_blazeface, embedding_distance, nms
+from edgepipe.runtime.postprocess import embedding_distance
 from edgepipe.runtime.preprocess import align_face, prepare, to_input
+from edgepipe.runtime.results import Face
 from edgepipe.runtime.session import Model, load
-from edgepipe.runtime.specs import ArtifactMeta, BlazeFaceHead, EmbeddingHead
+from edgepipe.runtime.specs import EmbeddingHead
 
 __all__ = ["FaceDetector", "FaceEmbedder", "FaceGallery"]
 
 GALLERY_FORMAT = "edgepipe-face-gallery"
 GALLERY_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Face:
-    """One detected face, in source-image pixels."""
-
-    box_xyxy: np.ndarray  # (4,) float32
-    score: float
-    keypoints_xy: np.ndarray  # (K, 2) float32
-    keypoint_names: tuple[str, ...]
-
-    @property
-    def area(self) -> float:
-        return float(max(0.0, self.box_xyxy[2] - self.box_xyxy[0]) * max(0.0, self.box_xyxy[3] - self.box_xyxy[1]))
 
 
 @dataclass(frozen=True)
@@ -48,34 +35,6 @@ class Match:
     name: str | None
     distance: float
     nearest: str | None  # the closest enrolled name, even when over the threshold
-
-
-def detector_input(image_rgb: np.ndarray, meta: ArtifactMeta) -> tuple[np.ndarray, tuple[float, float]]:
-    """Preprocess one RGB image for a face detector: ((1, ...) float32 batch, (scale_x, scale_y))."""
-    return prepare(image_rgb, meta.input)
-
-
-def faces_from_outputs(
-    scores_logit: np.ndarray, regressors: np.ndarray, meta: ArtifactMeta, scale_xy: tuple[float, float],
-    image_hw: tuple[int, int], score_thresh: float | None = None,
-) -> list[Face]:
-    """Decode one image's raw detector outputs ((A, 1), (A, 16)) into faces in source pixels, after NMS."""
-    head: BlazeFaceHead = meta.head  # type: ignore[assignment]
-    if score_thresh is not None:
-        head = dataclasses.replace(head, score_thresh=float(score_thresh))
-    anchors = blazeface_anchors(head, meta.input.input_hw)
-    if len(anchors) != len(regressors):
-        raise ArtifactError(f"{meta.model_name}: {len(regressors)} regressor rows but the head implies {len(anchors)} anchors")
-    boxes, keypoints, scores = decode_blazeface(scores_logit, regressors, anchors, head, meta.input.input_hw)
-    keep = nms(boxes, scores, head.nms_iou)
-    scale = np.array(scale_xy, np.float32)
-    h, w = image_hw
-    faces = []
-    for i in keep:
-        box = (boxes[i].reshape(2, 2) / scale).reshape(4)
-        box = np.clip(box, 0, [w, h, w, h]).astype(np.float32)
-        faces.append(Face(box, float(scores[i]), (keypoints[i] / scale).astype(np.float32), head.keypoint_names))
-    return faces
 
 
 def face_chip(image_rgb: np.ndarray, face: Face, head: EmbeddingHead) -> np.ndarray:
@@ -89,8 +48,8 @@ def face_chip(image_rgb: np.ndarray, face: Face, head: EmbeddingHead) -> np.ndar
     return align_face(image_rgb, source, target, head.chip_size)
 
 
-def _require_task(model: Model, head_type: type, what: str) -> None:
-    if not isinstance(model.meta.head, head_type):
+def _require_task(model: Model, task: Task, what: str) -> None:
+    if model.meta.head.task != task:
         raise ArtifactError(f"{model.path}: is a {model.meta.task.value} model ({model.meta.model_name}), not a {what}")
 
 
@@ -106,7 +65,7 @@ class FaceDetector:
     one face's keypoints for alignment."""
 
     def __init__(self, model: Model):
-        _require_task(model, BlazeFaceHead, "face detector")
+        _require_task(model, Task.FACE_DETECTION, "face detector")
         self.model = model
 
     @classmethod
@@ -114,9 +73,9 @@ class FaceDetector:
         return cls(load(path, **load_options))
 
     def detect(self, image_rgb: np.ndarray, score_thresh: float | None = None) -> list[Face]:
-        batch, scale_xy = detector_input(image_rgb, self.model.meta)
-        scores, regressors = self.model.run(batch)
-        return faces_from_outputs(scores[0], regressors[0], self.model.meta, scale_xy, image_rgb.shape[:2], score_thresh)
+        meta = self.model.meta
+        batch, scale_xy = prepare(image_rgb, meta.input)
+        return meta.head.decode(self.model.run(batch), meta, scale_xy, image_rgb.shape[:2], score_thresh)
 
     def refine(self, image_rgb: np.ndarray, face: Face) -> Face:
         """The same face with keypoints re-detected in a crop `refine_crop_scale` box widths wide around it.
@@ -125,20 +84,20 @@ class FaceDetector:
         input wide gives the steadiest keypoints, steadier than a face that fills a whole 250 px photo. Returns the
         face unchanged if refinement is off or the face is lost in the crop.
         """
-        head: BlazeFaceHead = self.model.meta.head  # type: ignore[assignment]
-        if head.refine_crop_scale <= 0:
+        meta = self.model.meta
+        crop_scale = getattr(meta.head, "refine_crop_scale", 0.0)  # a head without one has no second pass
+        if crop_scale <= 0:
             return face
         in_h, in_w = self.model.meta.input.input_hw
         centre = (face.box_xyxy[:2] + face.box_xyxy[2:]) / 2
-        side = float(max(face.box_xyxy[2] - face.box_xyxy[0], face.box_xyxy[3] - face.box_xyxy[1])) * head.refine_crop_scale
+        side = float(max(face.box_xyxy[2] - face.box_xyxy[0], face.box_xyxy[3] - face.box_xyxy[1])) * crop_scale
         if side < 1:
             return face
         scale = np.array([in_w / side, in_h / side])
         offset = (centre - side / 2) * scale  # image -> crop: p * scale - offset
         matrix = np.array([[scale[0], 0, -offset[0]], [0, scale[1], -offset[1]]])
         crop = cv2.warpAffine(image_rgb, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        scores, regressors = self.model.run(to_input([crop], self.model.meta.input))
-        found = faces_from_outputs(scores[0], regressors[0], self.model.meta, (1.0, 1.0), (in_h, in_w))
+        found = meta.head.decode(self.model.run(to_input([crop], meta.input)), meta, (1.0, 1.0), (in_h, in_w))
         best = nearest_face(found, np.array([in_w, in_h]) / 2)
         if best is None:
             return face
@@ -150,7 +109,7 @@ class FaceEmbedder:
     """Aligned-chip face embedder: `embed(image_rgb, faces) -> (N, D)`."""
 
     def __init__(self, model: Model):
-        _require_task(model, EmbeddingHead, "face embedder")
+        _require_task(model, Task.FACE_EMBEDDING, "face embedder")
         self.model = model
         self.head: EmbeddingHead = model.meta.head  # type: ignore[assignment]
 

@@ -1,66 +1,11 @@
-"""Pure numpy post-processing shared by the ONNX runtime and the PyTorch reference path: anchor decoding,
-NMS, embedding normalisation and distances."""
+"""Pure numpy post-processing that every head shares (a head's own decoding lives in `runtime/heads/`): NMS,
+class-wise NMS, box IoU, embedding normalisation and distances."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from edgepipe.runtime.specs import BlazeFaceHead, GFLHead
-
-__all__ = ["decode_blazeface", "nms", "embedding_distance"]
-
-
-def blazeface_anchors(head: BlazeFaceHead, input_hw: tuple[int, int]) -> np.ndarray:
-    """MediaPipe SSD anchor centres in [0, 1] units, in the order the network emits them: (A, 2) as (x, y).
-
-    Consecutive layers with the same stride share one grid, so their anchors interleave per cell.
-    """
-    in_h, in_w = input_hw
-    centres = []
-    i = 0
-    while i < len(head.strides):
-        stride = head.strides[i]
-        layers = 1
-        while i + layers < len(head.strides) and head.strides[i + layers] == stride:
-            layers += 1
-        rows, cols = -(-in_h // stride), -(-in_w // stride)  # ceil
-        ys, xs = np.meshgrid((np.arange(rows) + head.anchor_offset) / rows,
-                             (np.arange(cols) + head.anchor_offset) / cols, indexing="ij")
-        grid = np.stack([xs, ys], -1).reshape(-1, 1, 2)  # (rows * cols, 1, 2)
-        centres.append(np.repeat(grid, layers * head.anchors_per_location, axis=1).reshape(-1, 2))
-        i += layers
-    return np.concatenate(centres).astype(np.float32)
-
-
-def decode_blazeface(
-    scores_logit: np.ndarray, regressors: np.ndarray, anchors_xy: np.ndarray, head: BlazeFaceHead,
-    input_hw: tuple[int, int],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Decode one image's raw BlazeFace outputs into boxes, keypoints and scores, in input pixels.
-
-    Args:
-        scores_logit: (A,) or (A, 1) raw logits.
-        regressors: (A, 4 + 2K) as (cx, cy, w, h, kp0x, kp0y, ...) offsets in units of `head.regressor_scale`.
-        anchors_xy: (A, 2) anchor centres in [0, 1].
-        head: decoder parameters.
-        input_hw: network input size.
-
-    Returns:
-        boxes (N, 4) xyxy, keypoints (N, K, 2) xy, scores (N,) for anchors with score >= head.score_thresh,
-        before NMS.
-    """
-    in_h, in_w = input_hw
-    logits = np.clip(scores_logit.reshape(-1).astype(np.float64), -head.score_clip, head.score_clip)
-    scores = 1.0 / (1.0 + np.exp(-logits))
-    keep = scores >= head.score_thresh
-    reg = regressors[keep].astype(np.float32) / head.regressor_scale  # (N, 4 + 2K) in [0, 1] units
-    anchors = anchors_xy[keep]  # (N, 2)
-    centre = reg[:, 0:2] + anchors
-    half = reg[:, 2:4] / 2
-    boxes = np.concatenate([centre - half, centre + half], 1) * np.array([in_w, in_h, in_w, in_h], np.float32)
-    keypoints = reg[:, 4:4 + 2 * head.num_keypoints].reshape(-1, head.num_keypoints, 2) + anchors[:, None, :]
-    keypoints = keypoints * np.array([in_w, in_h], np.float32)
-    return boxes, keypoints, scores[keep].astype(np.float32)
+__all__ = ["nms", "multiclass_nms", "box_iou", "l2_normalize", "embedding_distance"]
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -100,31 +45,6 @@ def embedding_distance(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
         return 1.0 - l2_normalize(a) @ l2_normalize(b).T
     squared = (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T
     return np.sqrt(np.clip(squared, 0, None))
-
-
-def gfl_centres(head: GFLHead, input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Cell centres (N, 2) xy in input pixels and their strides (N,), in the head's row order."""
-    in_h, in_w = input_hw
-    centres, strides = [], []
-    for stride in head.strides:
-        rows, cols = -(-in_h // stride), -(-in_w // stride)
-        ys, xs = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-        centres.append((np.stack([xs, ys], -1).reshape(-1, 2) + head.cell_offset) * stride)
-        strides.append(np.full(rows * cols, stride))
-    return np.concatenate(centres).astype(np.float32), np.concatenate(strides).astype(np.float32)
-
-
-def decode_gfl(distributions: np.ndarray, centres: np.ndarray, strides: np.ndarray, reg_max: int) -> np.ndarray:
-    """Box distributions (N, 4 * (reg_max + 1)) logits -> boxes (N, 4) xyxy in input pixels.
-
-    Each side's distance is the expectation of a softmax over bins 0..reg_max, times the stride, from the centre.
-    """
-    logits = distributions.reshape(-1, 4, reg_max + 1).astype(np.float32)
-    logits = logits - logits.max(-1, keepdims=True)
-    prob = np.exp(logits)
-    prob /= prob.sum(-1, keepdims=True)
-    distance = (prob @ np.arange(reg_max + 1, dtype=np.float32)) * strides[:, None]  # (N, 4) left, top, right, bottom
-    return np.concatenate([centres - distance[:, :2], centres + distance[:, 2:]], 1)
 
 
 def multiclass_nms(boxes: np.ndarray, scores: np.ndarray, score_thresh: float, iou_thresh: float,

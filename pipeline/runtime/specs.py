@@ -1,4 +1,5 @@
-"""The contract an artifact carries inside its ONNX metadata: `InputSpec`, the head specs and `ArtifactMeta`.
+"""The contract an artifact carries inside its ONNX metadata: `InputSpec` and `ArtifactMeta` (whose head is one of
+`heads.HEADS`).
 
 Torch-free and dependency-free so a device can read a model file's contract with the runtime alone.
 """
@@ -9,48 +10,18 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
+from edgepipe.runtime.enums import Color, Layout, Precision, Resize, Task, check
 from edgepipe.runtime.errors import ArtifactError, SpecError
+from edgepipe.runtime.heads import HEADS, BlazeFaceHead, EmbeddingHead, GFLHead, Head
 
-__all__ = ["InputSpec", "ArtifactMeta"]
+# The enums and head classes are re-exported: the contract's vocabulary is read from here.
+__all__ = ["InputSpec", "ArtifactMeta", "Task", "Layout", "Color", "Resize", "Precision", "BlazeFaceHead",
+           "EmbeddingHead", "GFLHead", "Head"]
 
 CONTRACT_VERSION = 1  # bump when a field changes meaning; the runtime refuses other versions
 INTERPOLATIONS = ("auto", "linear", "area", "nearest", "cubic")
-
-
-class Task(str, Enum):
-    FACE_DETECTION = "face_detection"
-    FACE_EMBEDDING = "face_embedding"
-    DETECTION = "detection"
-
-
-class Layout(str, Enum):
-    NCHW = "NCHW"
-    NHWC = "NHWC"
-
-
-class Color(str, Enum):
-    RGB = "RGB"
-    BGR = "BGR"
-
-
-class Resize(str, Enum):
-    LETTERBOX = "letterbox"  # keep aspect ratio, scale to fit, pad right/bottom
-    STRETCH = "stretch"  # resize each axis independently to the input size
-    ALIGNED_CHIP = "aligned_chip"  # input is a face chip warped from landmarks (see EmbeddingHead)
-
-
-class Precision(str, Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
-    INT8_DYNAMIC = "int8-dynamic"
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise SpecError(message)
 
 
 @dataclass(frozen=True)
@@ -69,93 +40,18 @@ class InputSpec:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        _check(len(self.shape_chw) == 3 and all(int(v) > 0 for v in self.shape_chw),
+        check(len(self.shape_chw) == 3 and all(int(v) > 0 for v in self.shape_chw),
                f"InputSpec.shape_chw must be 3 positive ints, got {self.shape_chw!r}")
-        _check(self.shape_chw[0] == 3, f"InputSpec.shape_chw must have 3 channels, got {self.shape_chw[0]}")
-        _check(len(self.mean) == 3 and len(self.std) == 3, f"mean/std need 3 values, got {self.mean!r}/{self.std!r}")
-        _check(all(s > 0 for s in self.std), f"InputSpec.std must be > 0, got {self.std!r}")
-        _check(self.dtype == "float32", f"InputSpec.dtype must be 'float32', got {self.dtype!r}")
-        _check(self.interpolation in INTERPOLATIONS,
+        check(self.shape_chw[0] == 3, f"InputSpec.shape_chw must have 3 channels, got {self.shape_chw[0]}")
+        check(len(self.mean) == 3 and len(self.std) == 3, f"mean/std need 3 values, got {self.mean!r}/{self.std!r}")
+        check(all(s > 0 for s in self.std), f"InputSpec.std must be > 0, got {self.std!r}")
+        check(self.dtype == "float32", f"InputSpec.dtype must be 'float32', got {self.dtype!r}")
+        check(self.interpolation in INTERPOLATIONS,
                f"InputSpec.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
 
     @property
     def input_hw(self) -> tuple[int, int]:
         return int(self.shape_chw[1]), int(self.shape_chw[2])
-
-
-@dataclass(frozen=True)
-class BlazeFaceHead:
-    """SSD-style anchors with a score and 4 box + 2*K keypoint regressors per anchor (MediaPipe BlazeFace)."""
-
-    strides: tuple[int, ...]  # one entry per anchor layer, e.g. (8, 16, 16, 16)
-    anchors_per_location: int = 2  # per layer; layers with equal strides stack on one grid
-    anchor_offset: float = 0.5  # anchor centre within its cell
-    regressor_scale: float = 128.0  # regressors are in input pixels: divide by this to get [0, 1] units
-    num_keypoints: int = 6
-    keypoint_names: tuple[str, ...] = ("right_eye", "left_eye", "nose_tip", "mouth", "right_ear", "left_ear")
-    score_thresh: float = 0.5  # after sigmoid
-    nms_iou: float = 0.3
-    score_clip: float = 100.0  # logits are clipped to +-this before the sigmoid, as MediaPipe does
-    # Keypoints for alignment are re-measured in a square crop this many face-box widths wide, where the face fills
-    # the input at the scale the keypoints are most stable (0 disables the second pass).
-    refine_crop_scale: float = 4.0
-    outputs: tuple[str, str] = ("scores", "regressors")  # (B, A, 1) logits, (B, A, 4 + 2K)
-    kind: str = "blazeface"
-
-    def __post_init__(self) -> None:
-        _check(len(self.strides) > 0, "BlazeFaceHead.strides must not be empty")
-        _check(0.0 < self.nms_iou <= 1.0, f"nms_iou must be in (0, 1], got {self.nms_iou}")
-        _check(len(self.keypoint_names) == self.num_keypoints,
-               f"{self.num_keypoints} keypoints but {len(self.keypoint_names)} names")
-
-
-@dataclass(frozen=True)
-class EmbeddingHead:
-    """A face embedder fed with aligned chips; faces match when their distance is below `match_thresh`."""
-
-    dim: int = 128
-    metric: str = "euclidean"  # or "cosine"
-    match_thresh: float = 0.6
-    chip_size: int = 150
-    # Where the detector's keypoints land in the chip, in chip pixels: name -> (x, y). A similarity transform
-    # is fitted from the detected keypoints with these names to these positions.
-    template: tuple[tuple[str, float, float], ...] = ()
-    outputs: tuple[str] = ("embedding",)
-    kind: str = "embedding"
-
-    def __post_init__(self) -> None:
-        _check(self.metric in ("euclidean", "cosine"), f"metric must be 'euclidean' or 'cosine', got {self.metric!r}")
-        _check(self.dim > 0 and self.chip_size > 0, f"dim and chip_size must be > 0, got {self.dim}, {self.chip_size}")
-        _check(len(self.template) == 0 or len(self.template) >= 2, "template needs >= 2 points to fit a transform")
-
-
-@dataclass(frozen=True)
-class GFLHead:
-    """NanoDet/GFL dense head: per cell, class scores (after sigmoid) and 4 side distances as distributions over
-    `reg_max + 1` bins, measured from the cell centre in units of the stride."""
-
-    strides: tuple[int, ...] = (8, 16, 32)  # one grid per stride, rows ordered by stride then row-major
-    reg_max: int = 10  # bins 0..reg_max
-    cell_offset: float = 0.5  # distances start at ((col + offset) * stride, (row + offset) * stride)
-    score_thresh: float = 0.35  # what apps show; evaluation passes 0.05
-    nms_iou: float = 0.6  # class-wise
-    max_per_image: int = 100
-    # "dense": outputs are (scores (B, N, C), distributions (B, N, 4 * (reg_max + 1))), decoded and NMS-ed in numpy.
-    # "nms": the graph decodes and runs ONNX NonMaxSuppression; outputs are (selected (K, 3) as [batch, class,
-    # anchor], boxes (K, 4) xyxy in input pixels, scores (K,)), and only the per-image cap is left to numpy.
-    mode: str = "dense"
-    graph_score_floor: float = 0.05  # "nms" mode: the lowest score the graph keeps (lower thresholds cannot apply)
-    outputs: tuple[str, ...] = ("scores", "distributions")
-    kind: str = "gfl"
-
-    def __post_init__(self) -> None:
-        _check(self.mode in ("dense", "nms"), f"GFLHead.mode must be 'dense' or 'nms', got {self.mode!r}")
-        _check(self.reg_max > 0 and len(self.strides) > 0, f"bad GFL head: reg_max={self.reg_max}, strides={self.strides}")
-        _check(0.0 < self.nms_iou <= 1.0, f"nms_iou must be in (0, 1], got {self.nms_iou}")
-
-
-Head = Union[BlazeFaceHead, EmbeddingHead, GFLHead]
-_HEADS = {"blazeface": BlazeFaceHead, "embedding": EmbeddingHead, "gfl": GFLHead}
 
 
 @dataclass(frozen=True)
@@ -178,6 +74,10 @@ class ArtifactMeta:
     license: str = ""
     contract_version: int = CONTRACT_VERSION
 
+    def __post_init__(self) -> None:
+        check(self.task == self.head.task, f"task {self.task.value!r} does not match the {self.head.kind!r} head, "
+              f"which does {self.head.task.value!r}")
+
     def to_json(self) -> str:
         return json.dumps(_to_plain(self), sort_keys=True)
 
@@ -190,9 +90,9 @@ class ArtifactMeta:
             if version != CONTRACT_VERSION:
                 raise ArtifactError(f"artifact contract version {version!r} is not supported; expected {CONTRACT_VERSION}")
             head_raw = dict(raw["head"])
-            head_cls = _HEADS.get(head_raw.get("kind"))
+            head_cls = HEADS.get(head_raw.get("kind"))
             if head_cls is None:
-                raise ArtifactError(f"unknown head kind {head_raw.get('kind')!r}; expected one of {sorted(_HEADS)}")
+                raise ArtifactError(f"unknown head kind {head_raw.get('kind')!r}; expected one of {sorted(HEADS)}")
             raw["head"] = _from_plain(head_cls, head_raw)
             raw["input"] = _from_plain(InputSpec, raw["input"])
             return _from_plain(cls, raw)

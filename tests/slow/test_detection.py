@@ -12,7 +12,6 @@ from edgepipe.evaluate import evaluate, evaluate_model
 from edgepipe.export import export_onnx
 from edgepipe.models.weights.tfjs_graph import read_tfjs_graph
 from edgepipe.runtime import ObjectDetector, load, read_image
-from edgepipe.runtime.detection import detections_from_outputs
 from edgepipe.runtime.preprocess import prepare
 from edgepipe.runtime.specs import ArtifactMeta
 from tests.support.tfjs_numpy import run_tfjs_graph
@@ -68,7 +67,8 @@ def test_nms_in_graph_matches_numpy_with_a_dynamic_batch(artifacts, shared_data,
     batch, scales = zip(*(prepare(im, nms.model.meta.input) for im in photos))
     outputs = nms.model.run(np.concatenate(batch))  # one run over all six images
     for i, image in enumerate(photos):
-        together = detections_from_outputs(outputs, nms.model.meta, scales[i], image.shape[:2], 0.05, index=i)
+        meta = nms.model.meta
+        together = meta.head.decode(outputs, meta, scales[i], image.shape[:2], 0.05, index=i)
         alone = nms.detect(image, 0.05)
         numpy_path = dense.detect(image, 0.05)
         assert len(together) == len(alone) == len(numpy_path) > 0

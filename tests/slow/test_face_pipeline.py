@@ -20,7 +20,7 @@ def test_lfw_verification_accuracy(artifacts, shared_data, tmp_path):
                  "--detector", str(artifacts["blazeface_back.mediapipe"]), "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["task"] == "face_verification" and report["n_pairs"] == 900
+    assert report["task"] == "face_embedding" and report["n_pairs"] == 900
     assert report["metrics"]["accuracy"] >= 0.99, report
 
 

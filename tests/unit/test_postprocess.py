@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from edgepipe.runtime.postprocess import blazeface_anchors, decode_blazeface, embedding_distance, nms
+from edgepipe.runtime.heads.blazeface import blazeface_anchors, decode_blazeface
+from edgepipe.runtime.postprocess import embedding_distance, nms
 from edgepipe.runtime.specs import BlazeFaceHead
 
 

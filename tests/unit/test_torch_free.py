@@ -31,7 +31,7 @@ def test_quantize_evaluate_bench_and_report_never_import_torch():
 
 def test_runtime_sources_import_only_allowed_modules():
     stdlib = set(sys.stdlib_module_names)
-    for path in RUNTIME.glob("*.py"):
+    for path in RUNTIME.rglob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):

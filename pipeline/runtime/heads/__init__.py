@@ -1,0 +1,16 @@
+"""Output heads as plugins, one module per kind. Each holds the head's frozen spec (the decoder parameters an
+artifact's contract carries), its numpy `decode` into the runtime's results, the task it serves, the resize it
+needs and its int8 defaults. `HEADS` ties contract kinds to classes; callers ask the head (`head.decode`,
+`head.task`, `head.quant_defaults`), never check its type.
+
+A new head is one module here, its test, and one line in `HEADS`.
+"""
+
+from edgepipe.runtime.heads.base import Head, QuantDefaults
+from edgepipe.runtime.heads.blazeface import BlazeFaceHead
+from edgepipe.runtime.heads.embedding import EmbeddingHead
+from edgepipe.runtime.heads.gfl import GFLHead
+
+HEADS: dict[str, type] = {"blazeface": BlazeFaceHead, "embedding": EmbeddingHead, "gfl": GFLHead}
+
+__all__ = ["HEADS", "Head", "QuantDefaults", "BlazeFaceHead", "EmbeddingHead", "GFLHead"]

@@ -1,0 +1,47 @@
+"""What every head provides (`Head`) and the int8 settings a head's family starts from (`QuantDefaults`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+
+from edgepipe.runtime.enums import Resize, Task
+
+if TYPE_CHECKING:
+    from edgepipe.runtime.specs import ArtifactMeta
+
+__all__ = ["Head", "QuantDefaults"]
+
+
+@dataclass(frozen=True)
+class QuantDefaults:
+    """A family's measured int8 static settings; `edgepipe quantize` starts from them (issue #5's tables)."""
+
+    method: str  # calibration: "minmax", "entropy" or "percentile"
+    per_channel: bool  # one weight scale per output channel
+    # 7-bit weights: u8 x s8 products summed in pairs overflow int16 in the AVX2 kernels without VNNI, and per-channel
+    # scales put every channel at the full +-127 (measured: dlib fused 0.44-0.89 points off vs 0.00-0.33 simulated).
+    reduce_range: bool
+    calib_size: int  # calibration inputs
+    float_tail: float = 0.0  # share of the graph's nodes, counted back from the outputs, kept in float
+
+
+class Head(Protocol):
+    """An output head: a frozen dataclass of decoder parameters that an artifact's contract carries.
+
+    `kind` names it in the contract; `outputs` are the graph outputs it reads, in order; `task` is what the model
+    does; `resize` is the preprocessing it needs (None: any); `quant_defaults` is where int8 starts.
+    """
+
+    kind: str
+    outputs: tuple[str, ...]
+    task: ClassVar[Task]
+    resize: ClassVar[Resize | None]
+    quant_defaults: ClassVar[QuantDefaults]
+
+    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, scale_xy: tuple[float, float],
+               image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> Any:
+        """Image `index` of a batch's raw outputs -> the runtime's results for it, in source-image pixels."""
+        ...
