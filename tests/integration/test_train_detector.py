@@ -17,6 +17,7 @@ from edgepipe.models.training.data import BoxAugment, read_box_set
 from edgepipe.models.training.detection import DetectionRecipe
 
 NAME = "nanodet_g.coco"
+pytestmark = pytest.mark.slow  # every test here reads real WIDER FACE images, most with the zoo weights
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,6 @@ def test_bad_training_input_is_one_line_and_writes_nothing(tmp_path, shared_data
     assert code == 2 and len(err) == 1 and "already holds a training run (last.safetensors); pass --resume" in err[0]
 
 
-@pytest.mark.slow
 def test_train_one_epoch_then_export_with_the_data_labels(wider_split, tmp_path, cache_dir, shared_data, capsys):
     """The CLI end to end on a slice: train, resume for one more epoch, export the best checkpoint; the artifact
     carries 'face' and `eval` scores it on WIDER FACE."""

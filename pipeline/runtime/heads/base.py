@@ -41,6 +41,10 @@ class Head(Protocol):
     resize: ClassVar[Resize | None]
     quant_defaults: ClassVar[QuantDefaults]
 
+    def output_shapes(self, input_hw: tuple[int, int], num_classes: int) -> tuple[tuple[int, ...], ...]:
+        """The shape of each output for one image (no batch axis), in `outputs` order."""
+        ...
+
     def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, scale_xy: tuple[float, float],
                image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> Any:
         """Image `index` of a batch's raw outputs -> the runtime's results for it, in source-image pixels."""

@@ -54,6 +54,11 @@ class BlazeFaceHead:
         check(len(self.keypoint_names) == self.num_keypoints,
               f"{self.num_keypoints} keypoints but {len(self.keypoint_names)} names")
 
+    def output_shapes(self, input_hw: tuple[int, int], num_classes: int = 1) -> tuple[tuple[int, ...], ...]:
+        """(A, 1) score logits and (A, 4 + 2K) regressors for the A anchors."""
+        anchors = len(blazeface_anchors(self, input_hw))
+        return (anchors, 1), (anchors, 4 + 2 * self.num_keypoints)
+
     def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, scale_xy: tuple[float, float],
                image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> list[Face]:
         """Image `index` of a batch's raw outputs ((B, A, 1) logits, (B, A, 4 + 2K)) -> faces in source pixels,

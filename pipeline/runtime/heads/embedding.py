@@ -42,6 +42,10 @@ class EmbeddingHead:
         check(self.dim > 0 and self.chip_size > 0, f"dim and chip_size must be > 0, got {self.dim}, {self.chip_size}")
         check(len(self.template) == 0 or len(self.template) >= 2, "template needs >= 2 points to fit a transform")
 
+    def output_shapes(self, input_hw: tuple[int, int], num_classes: int = 0) -> tuple[tuple[int, ...], ...]:
+        """One (dim,) vector per chip."""
+        return ((self.dim,),)
+
     def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, scale_xy: tuple[float, float] = (1.0, 1.0),
                image_hw: tuple[int, int] | None = None, score_thresh: float | None = None,
                index: int = 0) -> np.ndarray:

@@ -51,6 +51,11 @@ class GFLHead:
         check(self.reg_max > 0 and len(self.strides) > 0, f"bad GFL head: reg_max={self.reg_max}, strides={self.strides}")
         check(0.0 < self.nms_iou <= 1.0, f"nms_iou must be in (0, 1], got {self.nms_iou}")
 
+    def output_shapes(self, input_hw: tuple[int, int], num_classes: int) -> tuple[tuple[int, ...], ...]:
+        """Dense: (N, C) scores and (N, 4 * (reg_max + 1)) distributions for the N cells of every stride's grid."""
+        cells = len(gfl_centres(self, input_hw)[0])
+        return (cells, num_classes), (cells, 4 * (self.reg_max + 1))
+
     def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, scale_xy: tuple[float, float],
                image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> list[Detection]:
         """Image `index` of a batch's raw outputs -> detections in source pixels, best first.
