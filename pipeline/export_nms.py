@@ -9,6 +9,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from edgepipe.models.zoo.nanodet import gfl_boxes
 from edgepipe.runtime.heads.gfl import gfl_centres
 from edgepipe.runtime.specs import GFLHead
 
@@ -21,24 +22,20 @@ _DENSE_OUTPUTS = ("all_boxes", "all_scores")
 class GFLDecoded(nn.Module):
     """Wraps a dense GFL detector so it returns (boxes (B, N, 4) xyxy in input px, scores (B, N, C)).
 
-    The same arithmetic as `edgepipe.runtime.heads.gfl.decode_gfl`, in torch so it exports.
+    The boxes are `models.zoo.nanodet.gfl_boxes`, the runtime's decode in torch ops, so it exports.
     """
 
     def __init__(self, model: nn.Module, head: GFLHead, input_hw: tuple[int, int]):
         super().__init__()
         self.model = model
-        self.reg_max = head.reg_max
         centres, strides = gfl_centres(head, input_hw)
         self.register_buffer("centres", torch.from_numpy(centres))  # (N, 2)
-        self.register_buffer("strides", torch.from_numpy(strides)[:, None])  # (N, 1)
+        self.register_buffer("strides", torch.from_numpy(strides))  # (N,)
         self.register_buffer("bins", torch.arange(head.reg_max + 1, dtype=torch.float32))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores, distributions = self.model(x)  # (B, N, C), (B, N, 4 * (R + 1))
-        prob = distributions.reshape(x.shape[0], -1, 4, self.reg_max + 1).softmax(-1)
-        distance = (prob * self.bins).sum(-1) * self.strides  # (B, N, 4) left, top, right, bottom
-        boxes = torch.cat([self.centres - distance[..., :2], self.centres + distance[..., 2:]], -1)
-        return boxes, scores
+        return gfl_boxes(distributions, self.centres, self.strides, self.bins), scores
 
 
 def with_nms(proto: onnx.ModelProto, head: GFLHead, score_floor: float) -> onnx.ModelProto:

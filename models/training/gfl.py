@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from edgepipe.models.zoo.nanodet import gfl_boxes
 from edgepipe.runtime.heads.gfl import gfl_centres
 from edgepipe.runtime.specs import GFLHead
 
@@ -143,10 +144,7 @@ class GFLLoss:
         return {"loss": sum(parts.values()), **parts, "positives": torch.tensor(float(len(pos_anchor)))}
 
     def _decode_at(self, pos_dist: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        prob = pos_dist.unflatten(-1, (4, self.reg_max + 1)).softmax(-1)
-        distance = (prob @ self.bins) * self.strides[anchor, None]
-        centres = self.centres[anchor]
-        return torch.cat([centres - distance[:, :2], centres + distance[:, 2:]], 1)
+        return gfl_boxes(pos_dist, self.centres[anchor], self.strides[anchor], self.bins)
 
     def _dfl(self, pos_dist: torch.Tensor, anchor: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """Distribution Focal Loss: cross-entropy on the two bins around each true side distance, weighted by

@@ -132,6 +132,23 @@ class GflLevelHead(nn.Module):
         return out.flatten(2).transpose(1, 2)  # (B, H * W, num_classes + 44), rows over y then x
 
 
+def gfl_boxes(distributions: torch.Tensor, centres: torch.Tensor, strides: torch.Tensor,
+              bins: torch.Tensor) -> torch.Tensor:
+    """GFL side distributions -> boxes, in torch (for the graph with NMS and the GIoU loss): the arithmetic of the
+    runtime's `heads.gfl.decode_gfl`, which tests/unit/test_head_gfl.py checks this against.
+
+    Args:
+        distributions: (..., 4 * len(bins)) side logits. centres: (..., 2) cell centres, input pixels.
+        strides: (...) each cell's stride. bins: (reg_max + 1,) 0, 1, ..., reg_max.
+
+    Returns:
+        (..., 4) xyxy boxes in input pixels.
+    """
+    prob = distributions.unflatten(-1, (4, len(bins))).softmax(-1)
+    distance = (prob * bins).sum(-1) * strides[..., None]  # (..., 4) left, top, right, bottom
+    return torch.cat([centres - distance[..., :2], centres + distance[..., 2:]], -1)
+
+
 class NanoDetG(nn.Module):
     """NanoDet-g detector (COCO: 80 classes) with batch norm folded into every conv's bias.
 

@@ -58,3 +58,19 @@ def test_dense_and_nms_outputs_decode_to_the_same_detections():
     for a, b in zip(dense, graph):
         assert a.label == b.label and a.score == pytest.approx(b.score) and np.allclose(a.box_xyxy, b.box_xyxy)
     assert all(d.box_xyxy[2] <= 128 and d.box_xyxy[3] <= 64 for d in dense)  # mapped back and clipped
+
+
+def test_the_torch_box_decode_is_the_numpy_one():
+    """Export (boxes in the graph) and training (GIoU loss) decode with `gfl_boxes`; the runtime with `decode_gfl`."""
+    import torch
+
+    from edgepipe.models.zoo.nanodet import gfl_boxes
+
+    head = GFLHead(strides=(8, 16, 32), reg_max=7)
+    centres, strides = gfl_centres(head, (64, 96))
+    dists = np.random.default_rng(3).normal(0, 3, (len(centres), 4 * 8)).astype(np.float32)
+    expected = decode_gfl(dists, centres, strides, head.reg_max)
+    got = gfl_boxes(torch.from_numpy(dists)[None], torch.from_numpy(centres), torch.from_numpy(strides),
+                    torch.arange(8, dtype=torch.float32))[0].numpy()
+    assert got.shape == expected.shape == (len(centres), 4)
+    assert np.abs(got - expected).max() < 1e-4
