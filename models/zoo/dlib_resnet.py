@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgepipe.errors import WeightImportError
-from edgepipe.models.weights.dlib_dat import DlibLayer, DlibNet
+from edgepipe.models.registry import register
+from edgepipe.models.weights.dlib_dat import DlibLayer, DlibNet, read_dlib_dat
+from edgepipe.specs import EmbeddingHead, InputSpec, ModelSpec, PackageFile, Resize, Task
 
 __all__ = ["DlibResNet29", "dlib_state_dict"]
 
@@ -175,9 +177,6 @@ def _layer_plan(model: DlibResNet29) -> list[tuple[str, str | None, dict[str, in
 
 
 # ---- zoo entry ----------------------------------------------------------------------------------------------------
-from edgepipe.models.registry import register  # noqa: E402  (after the module the builder returns)
-from edgepipe.specs import EmbeddingHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
-
 # Where BlazeFace's keypoints sit in dlib's 150 px chip (padding 0.25): the eye centres, nose tip and mouth centre of
 # dlib's mean face shape (landmarks 36-41, 42-47, 30 and 48-67 of its 68-point template), mapped as
 # `(v + 0.25) / 1.5 * 150`, which is what dlib's get_face_chip_details does with its template.
@@ -186,8 +185,6 @@ _CHIP_TEMPLATE = (("right_eye", 47.55, 46.60), ("left_eye", 100.48, 46.60), ("no
 
 
 def _convert(path):
-    from edgepipe.models.weights.dlib_dat import read_dlib_dat
-
     return dlib_state_dict(read_dlib_dat(path))
 
 

@@ -12,6 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgepipe.metrics.coco import COCO80_LABELS
+from edgepipe.models.registry import register
+from edgepipe.specs import Color, GFLHead, InputSpec, ModelSpec, PackageFile, Resize, Task
+
 __all__ = ["NanoDetG"]
 
 NEGATIVE_SLOPE = 0.1  # LeakyReLU everywhere in backbone and head
@@ -184,10 +188,6 @@ class NanoDetG(nn.Module):
 
 
 # ---- zoo entry ----------------------------------------------------------------------------------------------------
-from edgepipe.metrics.coco import COCO80_LABELS  # noqa: E402
-from edgepipe.models.registry import register  # noqa: E402  (after the module the builder returns)
-from edgepipe.specs import Color, GFLHead, InputSpec, ModelSpec, PackageFile, Resize, Task  # noqa: E402
-
 PRIOR_PROB = 0.01  # initial class score of a re-sized head (focal-loss init: background dominates at the start)
 
 

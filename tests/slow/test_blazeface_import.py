@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edgepipe.models.weights.blazeface_onnx import blazeface_state_dict_from_onnx
 from edgepipe.models.weights.load import load_strict
-from edgepipe.models.zoo.blazeface import BlazeFace
+from edgepipe.models.weights.onnx_convs import read_onnx_convs
+from edgepipe.models.zoo.blazeface import BlazeFace, blazeface_state_dict
 
 ONNX_FILES = {
     "back": "face_detection_back_256x256_barracuda.onnx",
@@ -67,7 +67,7 @@ def _letterbox_square(image_hwc_u8: np.ndarray, size: int) -> np.ndarray:
 def test_torch_port_matches_barracuda_onnx(variant, blazeface_dir, images_hwc_rgb):
     onnx_path = blazeface_dir / ONNX_FILES[variant]
     model = BlazeFace(variant)
-    load_strict(model, blazeface_state_dict_from_onnx(onnx_path, variant), source=str(onnx_path))
+    load_strict(model, blazeface_state_dict(read_onnx_convs(onnx_path), variant), source=str(onnx_path))
     model.eval()
 
     options = ort.SessionOptions()
