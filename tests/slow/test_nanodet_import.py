@@ -11,9 +11,9 @@ import torch
 
 from edgepipe.errors import WeightImportError
 from edgepipe.models.weights.load import load_strict
-from edgepipe.models.weights.nanodet_tfjs import nanodet_state_dict_from_tfjs
+from edgepipe.models.weights.tfjs_dataflow import read_tfjs_dataflow
 from edgepipe.models.weights.tfjs_graph import read_tfjs_graph
-from edgepipe.models.zoo.nanodet import NanoDetG
+from edgepipe.models.zoo.nanodet import NanoDetG, nanodet_state_dict
 from tests.support.tfjs_numpy import run_tfjs_graph
 
 NUM_IMAGES = 6
@@ -51,7 +51,8 @@ def coco_batch_nchw(shared_data: Path) -> np.ndarray:
 
 @pytest.mark.slow
 def test_torch_port_matches_tfjs_graph(nanodet_json, coco_batch_nchw):
-    model = load_strict(NanoDetG(), nanodet_state_dict_from_tfjs(nanodet_json), source=str(nanodet_json)).eval()
+    state = nanodet_state_dict(read_tfjs_dataflow(nanodet_json))
+    model = load_strict(NanoDetG(), state, source=str(nanodet_json)).eval()
     with torch.no_grad():
         scores, distributions = (t.numpy() for t in model(torch.from_numpy(coco_batch_nchw)))
     assert scores.shape == (len(coco_batch_nchw), 3549, 80)
@@ -73,7 +74,8 @@ def test_torch_port_matches_tfjs_graph(nanodet_json, coco_batch_nchw):
 
 @pytest.mark.slow
 def test_forward_raw_is_forward_before_sigmoid(nanodet_json):
-    model = load_strict(NanoDetG(), nanodet_state_dict_from_tfjs(nanodet_json), source=str(nanodet_json)).eval()
+    state = nanodet_state_dict(read_tfjs_dataflow(nanodet_json))
+    model = load_strict(NanoDetG(), state, source=str(nanodet_json)).eval()
     x = torch.randn(2, 3, 320, 256, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits, raw_distributions = model.forward_raw(x)
@@ -89,4 +91,4 @@ def test_importer_refuses_a_truncated_bin(tmp_path, nanodet_json):
     (tmp_path / "nanodet.json").write_bytes(nanodet_json.read_bytes())
     (tmp_path / "nanodet.bin").write_bytes((nanodet_json.parent / "nanodet.bin").read_bytes()[:-64])
     with pytest.raises(WeightImportError, match=r"nanodet\.json: weight .* found only \d+ bytes"):
-        nanodet_state_dict_from_tfjs(tmp_path / "nanodet.json")
+        nanodet_state_dict(read_tfjs_dataflow(tmp_path / "nanodet.json"))

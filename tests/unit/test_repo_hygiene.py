@@ -31,3 +31,30 @@ def test_never_torch_load_without_weights_only():
             for lineno, line in enumerate(path.read_text().splitlines(), 1):
                 if "torch.load(" in line:
                     assert "weights_only=True" in line, f"{path.name}:{lineno} torch.load without weights_only=True"
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every absolute import in a file, nested ones included."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def test_the_zoo_is_one_way_and_imports_at_the_top():
+    """Importers parse their format and know no architecture; architectures import importers, at the top."""
+    import ast
+
+    for path in (REPO / "models" / "weights").glob("*.py"):
+        bad = [m for _, m in _imports(path) if m.startswith(("edgepipe.models.zoo", "edgepipe.models.registry"))]
+        assert not bad, f"models/weights/{path.name} imports {bad[0]}: an importer must not know the architecture"
+    for path in (REPO / "models" / "zoo").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        first_def = min((n.lineno for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))), default=None)
+        late = [(line, m) for line, m in _imports(path) if first_def and line > first_def]
+        assert not late, f"models/zoo/{path.name}:{late[0][0]} imports {late[0][1]} below the code"
