@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgepipe.runtime.postprocess import box_iou
+from edgepipe.runtime.results import InputMapping
 from edgepipe.runtime.session import load
 from edgepipe.runtime.specs import Task
 
@@ -61,8 +62,8 @@ def _decode_and_match(meta, ref: list[np.ndarray], got: list[np.ndarray], tally:
         return
     hw = meta.input.input_hw
     # (box, class) of each result: faces are one class
-    found_ref = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(ref, meta, (1.0, 1.0), hw)]
-    found_got = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(got, meta, (1.0, 1.0), hw)]
+    found_ref = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(ref, meta, InputMapping(), hw)]
+    found_got = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(got, meta, InputMapping(), hw)]
     tally["reference"] += len(found_ref)
     tally["quantized"] += len(found_got)
     for box, cls in found_ref:

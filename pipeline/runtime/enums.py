@@ -28,6 +28,7 @@ class Color(str, Enum):
 
 class Resize(str, Enum):
     LETTERBOX = "letterbox"  # keep aspect ratio, scale to fit, pad right/bottom
+    LETTERBOX_CENTER = "letterbox_center"  # keep aspect ratio, scale to fit, pad both sides equally (the YOLO family)
     STRETCH = "stretch"  # resize each axis independently to the input size
     ALIGNED_CHIP = "aligned_chip"  # input is a face chip warped from landmarks (see EmbeddingHead)
 

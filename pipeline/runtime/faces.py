@@ -18,7 +18,7 @@ from edgepipe.runtime.enums import Task
 from edgepipe.runtime.errors import ArtifactError, InputError
 from edgepipe.runtime.postprocess import embedding_distance
 from edgepipe.runtime.preprocess import align_face, prepare, to_input
-from edgepipe.runtime.results import Face
+from edgepipe.runtime.results import Face, InputMapping
 from edgepipe.runtime.session import Model, load
 from edgepipe.runtime.specs import EmbeddingHead
 
@@ -97,7 +97,7 @@ class FaceDetector:
         offset = (centre - side / 2) * scale  # image -> crop: p * scale - offset
         matrix = np.array([[scale[0], 0, -offset[0]], [0, scale[1], -offset[1]]])
         crop = cv2.warpAffine(image_rgb, matrix, (in_w, in_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        found = meta.head.decode(self.model.run(to_input([crop], meta.input)), meta, (1.0, 1.0), (in_h, in_w))
+        found = meta.head.decode(self.model.run(to_input([crop], meta.input)), meta, InputMapping(), (in_h, in_w))
         best = nearest_face(found, np.array([in_w, in_h]) / 2)
         if best is None:
             return face

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from edgepipe.runtime.errors import InputError
+from edgepipe.runtime.results import InputMapping
 from edgepipe.runtime.specs import Color, InputSpec, Layout, Resize
 
 __all__ = ["read_image", "to_input", "align_face"]
@@ -29,13 +30,15 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         error = f"{path}: could not be decoded as a {path.suffix.lower()} image (empty, truncated or not an image)"
     else:
-        error = f"{path}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}, found {path.suffix or 'no suffix'!r})"
+        found = path.suffix or "no suffix"
+        error = f"{path}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}, found {found!r})"
     return _decode(np.fromfile(path, dtype=np.uint8), error)
 
 
 def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
     """Decode encoded image bytes (e.g. an upload) to uint8 HWC RGB; raises InputError if they are not an image."""
-    return _decode(np.frombuffer(data, dtype=np.uint8), f"{name}: could not be decoded as an image (empty, truncated or not an image)")
+    return _decode(np.frombuffer(data, dtype=np.uint8),
+                   f"{name}: could not be decoded as an image (empty, truncated or not an image)")
 
 
 def _decode(buffer: np.ndarray, error: str) -> np.ndarray:
@@ -57,32 +60,31 @@ def _interpolation(name: str, scale: float) -> int:
 
 
 def letterbox(image_hwc: np.ndarray, out_hw: tuple[int, int], pad_value: float = 0.0,
-              interpolation: str = "auto") -> tuple[np.ndarray, float]:
-    """Scale to fit `out_hw` keeping the aspect ratio, pad right/bottom; return (image, scale).
-
-    A point (x, y) in the output maps back to the source as (x / scale, y / scale).
-    """
+              interpolation: str = "auto", center: bool = False) -> tuple[np.ndarray, InputMapping]:
+    """Scale to fit `out_hw` keeping the aspect ratio, then pad right/bottom (or both sides equally, `center`);
+    return (image, mapping from source to output pixels)."""
     h, w = image_hwc.shape[:2]
     out_h, out_w = out_hw
     scale = min(out_h / h, out_w / w)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     resized = cv2.resize(image_hwc, (new_w, new_h), interpolation=_interpolation(interpolation, scale))
+    top, left = ((out_h - new_h) // 2, (out_w - new_w) // 2) if center else (0, 0)
     out = np.full((out_h, out_w, image_hwc.shape[2]), pad_value, dtype=image_hwc.dtype)
-    out[:new_h, :new_w] = resized
-    return out, scale
+    out[top:top + new_h, left:left + new_w] = resized
+    return out, InputMapping((scale, scale), (float(left), float(top)))
 
 
-def resize_to_input(image_hwc: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, tuple[float, float]]:
-    """Resize as the spec says; return (image of the input size, (scale_x, scale_y)) mapping source -> input px."""
+def resize_to_input(image_hwc: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, InputMapping]:
+    """Resize as the spec says; return (image of the input size, mapping from source to input pixels)."""
     out_h, out_w = spec.input_hw
-    if spec.resize == Resize.LETTERBOX:
-        resized, scale = letterbox(image_hwc, (out_h, out_w), spec.pad_value, spec.interpolation)
-        return resized, (scale, scale)
+    if spec.resize in (Resize.LETTERBOX, Resize.LETTERBOX_CENTER):
+        return letterbox(image_hwc, (out_h, out_w), spec.pad_value, spec.interpolation,
+                         center=spec.resize == Resize.LETTERBOX_CENTER)
     h, w = image_hwc.shape[:2]
     if (h, w) != (out_h, out_w):
         interp = _interpolation(spec.interpolation, min(out_h / h, out_w / w))
         image_hwc = cv2.resize(image_hwc, (out_w, out_h), interpolation=interp)
-    return image_hwc, (out_w / w, out_h / h)
+    return image_hwc, InputMapping((out_w / w, out_h / h))
 
 
 def to_input(images_hwc_rgb: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -93,7 +95,8 @@ def to_input(images_hwc_rgb: list[np.ndarray] | np.ndarray, spec: InputSpec) -> 
         spec: the model's input contract.
 
     Returns:
-        (N, C, H, W) or (N, H, W, C) float32, in the spec's colour order, `(pixel - mean) / std`.
+        (N, C, H, W) or (N, H, W, C) of the spec's dtype, in its colour order: `(pixel - mean) / std` in float32,
+        or the pixels themselves for a uint8 input.
     """
     batch = np.stack([np.asarray(im) for im in images_hwc_rgb]).astype(np.float32)  # (N, H, W, 3) RGB
     if batch.shape[1:3] != spec.input_hw:
@@ -103,6 +106,8 @@ def to_input(images_hwc_rgb: list[np.ndarray] | np.ndarray, spec: InputSpec) -> 
     batch = (batch - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     if spec.layout == Layout.NCHW:
         batch = batch.transpose(0, 3, 1, 2)
+    if spec.dtype == "uint8":  # mean 0 and std 1 (the spec checks it): the values are still whole pixels
+        return np.ascontiguousarray(batch, dtype=np.uint8)
     return np.ascontiguousarray(batch, dtype=np.float32)
 
 
@@ -155,7 +160,7 @@ def align_face(image_hwc: np.ndarray, keypoints_xy: np.ndarray, template_xy: np.
     return cv2.warpAffine(source, matrix, (chip_size, chip_size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def prepare(image_rgb: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, tuple[float, float]]:
-    """One RGB image -> ((1, ...) float32 model input, (scale_x, scale_y) from source to input pixels)."""
-    resized, scale_xy = resize_to_input(image_rgb, spec)
-    return to_input([resized], spec), scale_xy
+def prepare(image_rgb: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, InputMapping]:
+    """One RGB image -> ((1, ...) model input, the mapping from source to input pixels)."""
+    resized, mapping = resize_to_input(image_rgb, spec)
+    return to_input([resized], spec), mapping

@@ -6,7 +6,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Detection", "Face"]
+__all__ = ["Detection", "Face", "InputMapping"]
+
+
+@dataclass(frozen=True)
+class InputMapping:
+    """Where source-image pixels land in the model input: input = source * scale + offset, per axis (x, y).
+
+    Preprocessing returns it; a head's decode maps its input-pixel results back to the source with it.
+    """
+
+    scale_xy: tuple[float, float] = (1.0, 1.0)
+    offset_xy: tuple[float, float] = (0.0, 0.0)  # a centred letterbox's padding on the left and on top
+
+    def to_source(self, points_xy: np.ndarray) -> np.ndarray:
+        """(..., 2) points in input pixels -> source pixels, float32."""
+        offset, scale = np.asarray(self.offset_xy, np.float32), np.asarray(self.scale_xy, np.float32)
+        return ((np.asarray(points_xy, np.float32) - offset) / scale).astype(np.float32)
+
+    def boxes_to_source(self, boxes_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+        """(N, 4) xyxy boxes in input pixels -> source pixels, clipped to the image, float32."""
+        h, w = image_hw
+        boxes = self.to_source(np.asarray(boxes_xyxy, np.float32).reshape(-1, 2, 2)).reshape(-1, 4)
+        return np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ __all__ = ["InputSpec", "ArtifactMeta", "Task", "Layout", "Color", "Resize", "Pr
 
 CONTRACT_VERSION = 1  # bump when a field changes meaning; the runtime refuses other versions
 INTERPOLATIONS = ("auto", "linear", "area", "nearest", "cubic")
+INPUT_DTYPES = ("float32", "uint8")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class InputSpec:
     pad_value: float = 0.0  # 0-255 value of letterbox padding, before normalisation
     # opencv interpolation of the resize: "auto" is area averaging when shrinking and bilinear when enlarging
     interpolation: str = "auto"
-    dtype: str = "float32"
+    dtype: str = "float32"  # of the input tensor; "uint8" takes raw pixels (mean 0, std 1), as some exports do
 
     def __post_init__(self) -> None:
         check(len(self.shape_chw) == 3 and all(int(v) > 0 for v in self.shape_chw),
@@ -45,7 +46,9 @@ class InputSpec:
         check(self.shape_chw[0] == 3, f"InputSpec.shape_chw must have 3 channels, got {self.shape_chw[0]}")
         check(len(self.mean) == 3 and len(self.std) == 3, f"mean/std need 3 values, got {self.mean!r}/{self.std!r}")
         check(all(s > 0 for s in self.std), f"InputSpec.std must be > 0, got {self.std!r}")
-        check(self.dtype == "float32", f"InputSpec.dtype must be 'float32', got {self.dtype!r}")
+        check(self.dtype in INPUT_DTYPES, f"InputSpec.dtype must be one of {INPUT_DTYPES}, got {self.dtype!r}")
+        check(self.dtype != "uint8" or (tuple(self.mean) == (0, 0, 0) and tuple(self.std) == (1, 1, 1)),
+              f"a uint8 input takes raw pixels: mean (0, 0, 0) and std (1, 1, 1), got {self.mean!r}/{self.std!r}")
         check(self.interpolation in INTERPOLATIONS,
                f"InputSpec.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
 

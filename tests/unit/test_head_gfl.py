@@ -3,6 +3,7 @@ import pytest
 
 from edgepipe.runtime.heads.gfl import decode_gfl, gfl_centres
 from edgepipe.runtime.postprocess import multiclass_nms
+from edgepipe.runtime.results import InputMapping
 from edgepipe.runtime.specs import ArtifactMeta, GFLHead, InputSpec, Precision, Resize, Task
 
 
@@ -46,14 +47,14 @@ def test_dense_and_nms_outputs_decode_to_the_same_detections():
     scores = rng.uniform(0, 1, (1, n, 2)).astype(np.float32)
     dists = rng.normal(0, 2, (1, n, 44)).astype(np.float32)
     dense_meta, nms_meta = _meta("dense"), _meta("nms")
-    dense = dense_meta.head.decode([scores, dists], dense_meta, (0.5, 0.25), (64, 128))
+    dense = dense_meta.head.decode([scores, dists], dense_meta, InputMapping((0.5, 0.25)), (64, 128))
     centres, strides = gfl_centres(_meta("dense").head, (32, 32))
     boxes = decode_gfl(dists[0], centres, strides, 10)
     anchor, cls, _ = multiclass_nms(boxes, scores[0], 0.0, 0.6, 100)  # what ONNX NMS (threshold 0) would return
     order = np.lexsort((-scores[0][anchor, cls], cls))  # ONNX lists picks class by class
     selected = np.stack([np.zeros_like(anchor), cls, anchor], 1)[order]
     graph = nms_meta.head.decode([selected, boxes[selected[:, 2]], scores[0][selected[:, 2], selected[:, 1]]],
-                                 nms_meta, (0.5, 0.25), (64, 128))
+                                 nms_meta, InputMapping((0.5, 0.25)), (64, 128))
     assert len(dense) == len(graph) > 0
     for a, b in zip(dense, graph):
         assert a.label == b.label and a.score == pytest.approx(b.score) and np.allclose(a.box_xyxy, b.box_xyxy)

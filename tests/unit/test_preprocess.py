@@ -1,16 +1,38 @@
 import numpy as np
 import pytest
 
-from edgepipe.errors import InputError
-from edgepipe.runtime.preprocess import align_face, decode_image, estimate_similarity, letterbox, read_image, to_input
-from edgepipe.runtime.specs import Color, InputSpec, Layout
+from edgepipe.errors import InputError, SpecError
+from edgepipe.runtime.preprocess import (
+    align_face,
+    decode_image,
+    estimate_similarity,
+    letterbox,
+    read_image,
+    resize_to_input,
+    to_input,
+)
+from edgepipe.runtime.specs import Color, InputSpec, Layout, Resize
 
 
 def test_letterbox_keeps_aspect_and_pads_right_bottom():
     image = np.full((100, 200, 3), 255, np.uint8)
-    out, scale = letterbox(image, (64, 64), pad_value=0)
-    assert out.shape == (64, 64, 3) and scale == pytest.approx(0.32)
+    out, mapping = letterbox(image, (64, 64), pad_value=0)
+    assert out.shape == (64, 64, 3) and mapping.scale_xy == pytest.approx((0.32, 0.32))
+    assert mapping.offset_xy == (0.0, 0.0)
     assert out[:32].min() == 255 and out[32:].max() == 0  # image on top, padding below
+
+
+def test_centred_letterbox_pads_both_sides_and_maps_back():
+    """The YOLO family's letterbox: the mapping carries the offset, so results land back on the source."""
+    image = np.full((100, 200, 3), 255, np.uint8)
+    spec = InputSpec((3, 64, 64), resize=Resize.LETTERBOX_CENTER, pad_value=0)
+    out, mapping = resize_to_input(image, spec)
+    assert mapping.scale_xy == pytest.approx((0.32, 0.32)) and mapping.offset_xy == (0.0, 16.0)
+    assert out[:16].max() == 0 and out[16:48].min() == 255 and out[48:].max() == 0
+    corners_input = np.array([[0.0, 16.0], [64.0, 48.0]], np.float32)  # where the source's corners landed
+    assert np.allclose(mapping.to_source(corners_input), [[0, 0], [200, 100]], atol=1e-4)
+    boxes = mapping.boxes_to_source(np.array([[-5.0, 10.0, 70.0, 40.0]]), (100, 200))
+    assert np.allclose(boxes, [[0, 0, 200, 75]], atol=1e-4)  # clipped to the image
 
 
 def test_to_input_normalises_and_orders_channels():
@@ -25,6 +47,16 @@ def test_to_input_normalises_and_orders_channels():
     assert nhwc.shape == (1, 2, 3, 3) and np.allclose(nhwc[..., 0], 0.0)
     with pytest.raises(InputError, match="expects"):
         to_input([np.zeros((5, 5, 3), np.uint8)], spec)
+
+
+def test_a_uint8_input_gets_raw_pixels_and_needs_no_normalisation():
+    image = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)
+    x = to_input([image], InputSpec((3, 2, 3), layout=Layout.NHWC, mean=(0, 0, 0), std=(1, 1, 1), dtype="uint8"))
+    assert x.dtype == np.uint8 and np.array_equal(x[0], image)
+    with pytest.raises(SpecError, match="uint8 input takes raw pixels"):
+        InputSpec((3, 2, 3), dtype="uint8")  # the default mean/std would be silently ignored
+    with pytest.raises(SpecError, match="dtype must be one of"):
+        InputSpec((3, 2, 3), dtype="float16")
 
 
 def test_estimate_similarity_recovers_a_known_transform():

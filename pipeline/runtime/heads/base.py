@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import numpy as np
 
 from edgepipe.runtime.enums import Resize, Task
+from edgepipe.runtime.results import InputMapping
 
 if TYPE_CHECKING:
     from edgepipe.runtime.specs import ArtifactMeta
@@ -45,7 +46,7 @@ class Head(Protocol):
         """The shape of each output for one image (no batch axis), in `outputs` order."""
         ...
 
-    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, scale_xy: tuple[float, float],
+    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, mapping: InputMapping,
                image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> Any:
         """Image `index` of a batch's raw outputs -> the runtime's results for it, in source-image pixels."""
         ...

@@ -13,7 +13,7 @@ from edgepipe.runtime.enums import Resize, Task, check
 from edgepipe.runtime.errors import ArtifactError
 from edgepipe.runtime.heads.base import QuantDefaults
 from edgepipe.runtime.postprocess import nms
-from edgepipe.runtime.results import Face
+from edgepipe.runtime.results import Face, InputMapping
 
 if TYPE_CHECKING:
     from edgepipe.runtime.specs import ArtifactMeta
@@ -59,7 +59,7 @@ class BlazeFaceHead:
         anchors = len(blazeface_anchors(self, input_hw))
         return (anchors, 1), (anchors, 4 + 2 * self.num_keypoints)
 
-    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, scale_xy: tuple[float, float],
+    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, mapping: InputMapping,
                image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> list[Face]:
         """Image `index` of a batch's raw outputs ((B, A, 1) logits, (B, A, 4 + 2K)) -> faces in source pixels,
         after NMS, best first."""
@@ -71,14 +71,9 @@ class BlazeFaceHead:
                                 f"{len(anchors)} anchors")
         boxes, keypoints, scores = decode_blazeface(scores_logit, regressors, anchors, head, meta.input.input_hw)
         keep = nms(boxes, scores, head.nms_iou)
-        scale = np.array(scale_xy, np.float32)
-        h, w = image_hw
-        faces = []
-        for i in keep:
-            box = (boxes[i].reshape(2, 2) / scale).reshape(4)
-            box = np.clip(box, 0, [w, h, w, h]).astype(np.float32)
-            faces.append(Face(box, float(scores[i]), (keypoints[i] / scale).astype(np.float32), head.keypoint_names))
-        return faces
+        source_boxes = mapping.boxes_to_source(boxes[keep], image_hw)
+        return [Face(box, float(scores[i]), mapping.to_source(keypoints[i]), head.keypoint_names)
+                for box, i in zip(source_boxes, keep)]
 
 
 def blazeface_anchors(head: BlazeFaceHead, input_hw: tuple[int, int]) -> np.ndarray:

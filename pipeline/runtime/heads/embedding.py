@@ -10,6 +10,7 @@ import numpy as np
 
 from edgepipe.runtime.enums import Resize, Task, check
 from edgepipe.runtime.heads.base import QuantDefaults
+from edgepipe.runtime.results import InputMapping
 
 if TYPE_CHECKING:
     from edgepipe.runtime.specs import ArtifactMeta
@@ -46,7 +47,7 @@ class EmbeddingHead:
         """One (dim,) vector per chip."""
         return ((self.dim,),)
 
-    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, scale_xy: tuple[float, float] = (1.0, 1.0),
+    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, mapping: InputMapping | None = None,
                image_hw: tuple[int, int] | None = None, score_thresh: float | None = None,
                index: int = 0) -> np.ndarray:
         """Chip `index`'s embedding, (D,) float32, as the network gives it (distances use `metric`)."""

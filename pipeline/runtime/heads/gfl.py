@@ -13,7 +13,7 @@ from edgepipe.runtime.enums import Resize, Task, check
 from edgepipe.runtime.errors import ArtifactError
 from edgepipe.runtime.heads.base import QuantDefaults
 from edgepipe.runtime.postprocess import multiclass_nms
-from edgepipe.runtime.results import Detection
+from edgepipe.runtime.results import Detection, InputMapping
 
 if TYPE_CHECKING:
     from edgepipe.runtime.specs import ArtifactMeta
@@ -48,7 +48,8 @@ class GFLHead:
 
     def __post_init__(self) -> None:
         check(self.mode in ("dense", "nms"), f"GFLHead.mode must be 'dense' or 'nms', got {self.mode!r}")
-        check(self.reg_max > 0 and len(self.strides) > 0, f"bad GFL head: reg_max={self.reg_max}, strides={self.strides}")
+        check(self.reg_max > 0 and len(self.strides) > 0,
+              f"bad GFL head: reg_max={self.reg_max}, strides={self.strides}")
         check(0.0 < self.nms_iou <= 1.0, f"nms_iou must be in (0, 1], got {self.nms_iou}")
 
     def output_shapes(self, input_hw: tuple[int, int], num_classes: int) -> tuple[tuple[int, ...], ...]:
@@ -56,7 +57,7 @@ class GFLHead:
         cells = len(gfl_centres(self, input_hw)[0])
         return (cells, num_classes), (cells, 4 * (self.reg_max + 1))
 
-    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, scale_xy: tuple[float, float],
+    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, mapping: InputMapping,
                image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> list[Detection]:
         """Image `index` of a batch's raw outputs -> detections in source pixels, best first.
 
@@ -78,9 +79,7 @@ class GFLHead:
             mine = np.flatnonzero((selected[:, 0] == index) & (all_scores > max(thresh, self.graph_score_floor)))
             kept = mine[np.argsort(-all_scores[mine], kind="stable")[:self.max_per_image]]
             cls, boxes, score = selected[kept, 1], all_boxes[kept], all_scores[kept]
-        scale = np.array([*scale_xy, *scale_xy], np.float32)
-        h, w = image_hw
-        boxes = np.clip(boxes / scale, 0, [w, h, w, h]).astype(np.float32)
+        boxes = mapping.boxes_to_source(boxes, image_hw)
         labels = meta.labels
         return [Detection(boxes[i], float(score[i]), int(cls[i]),
                           labels[cls[i]] if cls[i] < len(labels) else str(cls[i])) for i in range(len(score))]
