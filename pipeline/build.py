@@ -3,8 +3,10 @@ parity, evaluates on the data folders given, times the face pipeline, and return
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -16,6 +18,7 @@ from edgepipe.evaluate import detect_layout, evaluate
 from edgepipe.export import PARITY_DETECTOR, export_onnx
 from edgepipe.metrics.coco import read_coco
 from edgepipe.models import get_spec, list_models
+from edgepipe.pareto import accuracy_points
 from edgepipe.quantize import QuantizeOptions, quantize
 from edgepipe.report import render_report
 from edgepipe.runtime.atomic import atomic_write
@@ -23,16 +26,33 @@ from edgepipe.runtime.preprocess import read_image
 from edgepipe.runtime.specs import Task
 from edgepipe.samples import sample_images
 
-__all__ = ["build_models"]
+__all__ = ["build_models", "SummaryRow"]
 
 log = logging.getLogger(__name__)
 
 _LAYOUT_TASK = {"lfw": Task.FACE_EMBEDDING, "coco": Task.DETECTION, "widerface": Task.FACE_DETECTION}
 
 
+@dataclass(frozen=True)
+class SummaryRow:
+    """One line of the main job's summary table: an artifact and its headline figures, as text for people."""
+
+    model: str
+    precision: str
+    size_mb: float | None = None
+    parity_max_abs: float | None = None  # torch vs onnxruntime (fp32), the gate the export judges
+    decoded_parity: str | None = None  # after decoding: faces / boxes / chips compared
+    metric: str | None = None  # e.g. "map_50_95 28.76% (coco_val_mini)"; None when no data set fitted
+    latency: str | None = None
+    onnx: str | None = None  # the artifact's path; None when quantization missed its budget
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Path, ...] = (),
                  cache_dir: Path | None = None, calib_dir: Path | None = None, bench: bool = True,
-                 weights: Path | None = None, progress: bool = True) -> list[dict]:
+                 weights: Path | None = None, progress: bool = True) -> list[SummaryRow]:
     """Export, check and evaluate zoo models, then benchmark them and render the report; returns summary rows
     (one per artifact) and updates each artifact's JSON with its evaluations and timings.
 
@@ -86,12 +106,12 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
         options = BenchOptions(threads=(1,), batch=(1,), warmup=3, runs=10, cache_dir=cache_dir)
         rows = [r.to_dict() for r in benchmark([a.onnx_path for a in built], options)]
         atomic_write(Path(out_dir) / "report" / "bench.json", json.dumps(rows, indent=1).encode())
-        render_report(rows, [a.figures for a in built], Path(out_dir) / "report")
+        render_report(rows, accuracy_points(rows, [a.figures for a in built]), Path(out_dir) / "report")
     return [_row(a) for a in artifacts.values()] + [_quant_row(q) for q in quantized]
 
 
 def _quantize_all(artifacts, calib_dir: Path, scored_on: dict[str, list[Path]], detector, out_dir) -> list:
-    """int8 of every fp32 artifact: an Artifact, or a row dict when the budget could not be met."""
+    """int8 of every fp32 artifact: an Artifact, or a SummaryRow saying so when the budget could not be met."""
     results = []
     for name, artifact in artifacts.items():
         eval_data = next(iter(scored_on[name]), None)
@@ -101,8 +121,8 @@ def _quantize_all(artifacts, calib_dir: Path, scored_on: dict[str, list[Path]], 
             results.append(quantize(artifact.onnx_path, "int8", out_dir, options))
         except QuantizeError as e:
             log.warning("%s", e)
-            results.append({"model": name, "precision": "int8", "metric": "over the accuracy budget: no .onnx; "
-                            f"figures in {name}.int8.json", "onnx": None})
+            results.append(SummaryRow(name, "int8", metric=f"over the accuracy budget: no .onnx; figures in "
+                                                           f"{name}.int8.json"))
     return results
 
 
@@ -115,20 +135,19 @@ def _fits(artifact: Artifact, layout: str, data_dir: Path) -> bool:
         layout == "widerface" and artifact.meta.task == Task.DETECTION and "face" in artifact.meta.labels)
 
 
-def _quant_row(result) -> dict:
-    if isinstance(result, dict):
+def _quant_row(result) -> SummaryRow:
+    if isinstance(result, SummaryRow):
         return result
     figures = result.figures
     speed, accuracy = figures.get("speed", {}), figures.get("accuracy")
-    row = {"model": figures["model"], "precision": figures["precision"], "size_mb": figures["size_mb"],
-           "latency": f"{speed.get('speedup')}x fp32 ({speed.get('threads')} threads)", "onnx": str(result.onnx_path)}
     decoded = figures.get("parity", {}).get("decoded", {})
-    if "matched_fraction" in decoded:
-        row["decoded_parity"] = f"{decoded['matched_fraction']:.0%} of fp32 detections matched"
-    if accuracy:
-        row["metric"] = (f"{accuracy['metric']} {100 * accuracy['quantized']:.2f}% (drop {accuracy['drop_points']:.2f} "
-                         f"points, {Path(str(accuracy['data'])).name})")
-    return row
+    return SummaryRow(
+        figures["model"], figures["precision"], size_mb=figures["size_mb"],
+        decoded_parity=(f"{decoded['matched_fraction']:.0%} of fp32 detections matched"
+                        if "matched_fraction" in decoded else None),
+        metric=(f"{accuracy['metric']} {100 * accuracy['quantized']:.2f}% (drop {accuracy['drop_points']:.2f} "
+                f"points, {Path(str(accuracy['data'])).name})" if accuracy else None),
+        latency=f"{speed.get('speedup')}x fp32 ({speed.get('threads')} threads)", onnx=str(result.onnx_path))
 
 
 def _face_detector(artifacts, out_dir, cache_dir, names, layouts) -> Path | None:
@@ -143,25 +162,25 @@ def _face_detector(artifacts, out_dir, cache_dir, names, layouts) -> Path | None
     return artifacts[PARITY_DETECTOR].onnx_path
 
 
-def _row(artifact: Artifact) -> dict:
+def _row(artifact: Artifact) -> SummaryRow:
     figures = artifact.figures
     parity = figures["parity"]
-    row = {"model": figures["model"], "precision": figures["precision"], "size_mb": figures["size_mb"],
-           "parity_max_abs": parity["gate_max_abs_diff"]}
+    decoded = None
     if "n_faces_torch" in parity:
-        row["decoded_parity"] = f"{parity['n_faces_torch']} faces, box {parity['box_max_abs_diff_px']:.2g} px"
+        decoded = f"{parity['n_faces_torch']} faces, box {parity['box_max_abs_diff_px']:.2g} px"
     if "n_detections_torch" in parity:
-        row["decoded_parity"] = (f"{parity['n_detections_torch']} boxes, {parity['detection_mismatches']} differ, "
-                                 f"box {parity['box_max_abs_diff_px']:.2g} px")
+        decoded = (f"{parity['n_detections_torch']} boxes, {parity['detection_mismatches']} differ, "
+                   f"box {parity['box_max_abs_diff_px']:.2g} px")
     if "cosine_min" in parity:
-        row["decoded_parity"] = f"{parity['n_chips']} chips, cos {parity['cosine_min']:.6f}"
-    row["metric"] = "; ".join(f"{next(iter(r['metrics']))} {100 * next(iter(r['metrics'].values())):.2f}% ({name})"
-                              for name, r in figures.get("evaluations", {}).items()) or None
-    latency = figures.get("face_pipeline_latency")
-    if latency:
-        row["latency"] = f"cold {latency['cold_start_ms']:.0f} ms, {latency['per_face_ms_p50']} ms/face"
-    latency = figures.get("detector_latency")
-    if latency:
-        row["latency"] = f"cold {latency['cold_start_ms']:.0f} ms, {latency['image_ms_p50']} ms/image"
-    row["onnx"] = str(artifact.onnx_path)
-    return row
+        decoded = f"{parity['n_chips']} chips, cos {parity['cosine_min']:.6f}"
+    metric = "; ".join(f"{next(iter(r['metrics']))} {100 * next(iter(r['metrics'].values())):.2f}% ({name})"
+                       for name, r in figures.get("evaluations", {}).items()) or None
+    latency = None
+    if figures.get("face_pipeline_latency"):
+        found = figures["face_pipeline_latency"]
+        latency = f"cold {found['cold_start_ms']:.0f} ms, {found['per_face_ms_p50']} ms/face"
+    if figures.get("detector_latency"):
+        found = figures["detector_latency"]
+        latency = f"cold {found['cold_start_ms']:.0f} ms, {found['image_ms_p50']} ms/image"
+    return SummaryRow(figures["model"], figures["precision"], figures["size_mb"], parity["gate_max_abs_diff"], decoded,
+                      metric, latency, str(artifact.onnx_path))

@@ -63,8 +63,9 @@ def _cmd_build(args) -> int:
     from edgepipe.report import render_table
 
     out = Path(args.out) if args.out else _artifact_dir(args)
-    rows = build_models(args.models, out, data_dirs=tuple(Path(d) for d in args.data), cache_dir=args.cache_dir,
-                        calib_dir=args.calib, bench=not args.no_bench, weights=args.weights)
+    rows = [row.to_dict() for row in build_models(args.models, out, data_dirs=tuple(Path(d) for d in args.data),
+                                                  cache_dir=args.cache_dir, calib_dir=args.calib,
+                                                  bench=not args.no_bench, weights=args.weights)]
     columns = ["model", "precision", "size_mb", "parity_max_abs", "decoded_parity", "metric", "latency"]
     scored = any(row.get("metric") for row in rows)
     print(render_table(rows, [c for c in columns if c != "metric" or scored]))
@@ -178,12 +179,13 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    from edgepipe.pareto import accuracy_points
     from edgepipe.report import render_report
 
     rows = [row for path in args.results for row in _read_json(Path(path))]
     evals = [_read_json(p) for p in sorted({Path(r["artifact"]).with_suffix(".json") for r in rows if r.get("artifact")})
              if p.is_file()]
-    md, html = render_report(rows, evals, Path(args.out))
+    md, html = render_report(rows, accuracy_points(rows, evals), Path(args.out))
     print(f"wrote {md} and {html}")
     return 0
 

@@ -3,11 +3,27 @@ record, and mark each model's Pareto front: `accuracy_points(bench_rows, eval_js
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-__all__ = ["accuracy_points", "pareto_front"]
+__all__ = ["accuracy_points", "pareto_front", "AccuracyPoint"]
 
 ACCURACY_METRICS = ("map_50_95", "ap_50", "accuracy")  # the first one a report has is its accuracy figure
+
+
+@dataclass(frozen=True)
+class AccuracyPoint:
+    """One benchmark cell of a model with the accuracy its artifact records, and whether it is on the model's front."""
+
+    model: str
+    precision: str
+    ep: str
+    threads: int
+    latency_ms_p50: float
+    data: str  # the data set the accuracy is measured on
+    metric: str  # e.g. "map_50_95"
+    accuracy: float  # fraction
+    on_front: bool  # no other point of this model is both faster and at least as accurate
 
 
 def pareto_front(points_xy: list[tuple[float, float]]) -> list[bool]:
@@ -46,18 +62,17 @@ def _accuracy_table(eval_jsons: list[dict]) -> dict[tuple[str, str], dict[str, t
     return table
 
 
-def accuracy_points(bench_rows: list[dict], eval_jsons: list[dict]) -> list[dict]:
+def accuracy_points(bench_rows: list[dict], eval_jsons: list[dict]) -> list[AccuracyPoint]:
     """One point per measured batch-1 cell whose (model, precision) has an accuracy, with its front flag.
 
     A model's points all use the same data set (the first, by name, that its fp32 or any precision reports),
     and its front is computed among its own points.
 
     Returns:
-        {"model", "precision", "ep", "threads", "latency_ms_p50", "data", "metric", "accuracy", "on_front"} dicts,
-        grouped by model.
+        The points, grouped by model.
     """
     table = _accuracy_table(eval_jsons)
-    points: list[dict] = []
+    points: list[AccuracyPoint] = []
     for model in dict.fromkeys(r["model"] for r in bench_rows):
         rows = [r for r in bench_rows if r["model"] == model and r.get("status") == "ok" and r.get("batch") == 1]
         datasets = sorted({d for (m, _), found in table.items() if m == model for d in found})
@@ -68,9 +83,8 @@ def accuracy_points(bench_rows: list[dict], eval_jsons: list[dict]) -> list[dict
         for row in rows:
             found = table.get((model, row["precision"]), {}).get(data)
             if found:
-                mine.append({"model": model, "precision": row["precision"], "ep": row["ep"],
-                             "threads": row["threads"], "latency_ms_p50": row["latency_ms_p50"], "data": data,
-                             "metric": found[0], "accuracy": found[1]})
-        flags = pareto_front([(p["latency_ms_p50"], p["accuracy"]) for p in mine])
-        points += [{**p, "on_front": flag} for p, flag in zip(mine, flags)]
+                mine.append(AccuracyPoint(model, row["precision"], row["ep"], row["threads"], row["latency_ms_p50"],
+                                          data, found[0], found[1], on_front=False))
+        flags = pareto_front([(p.latency_ms_p50, p.accuracy) for p in mine])
+        points += [replace(p, on_front=flag) for p, flag in zip(mine, flags)]
     return points

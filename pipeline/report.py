@@ -1,12 +1,13 @@
 """Render result rows; computes nothing: `render_table(rows, columns) -> str` for the terminal and
-`render_report(bench_rows, eval_jsons, out_dir)` for `report.md` plus a self-contained `report.html` (inline SVG)."""
+`render_report(bench_rows, points, out_dir)` for `report.md` plus a self-contained `report.html` (inline SVG)."""
 
 from __future__ import annotations
 
+import dataclasses
 from html import escape
 from pathlib import Path
 
-from edgepipe.pareto import accuracy_points
+from edgepipe.pareto import AccuracyPoint
 from edgepipe.report_svg import bar_chart, line_chart, scatter_chart
 from edgepipe.runtime.atomic import atomic_write
 
@@ -97,16 +98,15 @@ _NO_ACCURACY = ("No accuracy figures: the artifacts' JSON holds no evaluation. `
                 "`edgepipe eval ARTIFACT --data DIR` (a COCO, WIDER FACE or LFW folder) adds them.")
 
 
-def render_report(bench_rows: list[dict], eval_jsons: list[dict], out_dir: Path) -> tuple[Path, Path]:
+def render_report(bench_rows: list[dict], points: list[AccuracyPoint], out_dir: Path) -> tuple[Path, Path]:
     """Write `report.md` (tables) and `report.html` (the same tables plus inline SVG plots, no network needed).
 
     Plots: per model, batch-1 latency per provider x precision x threads (p50 bar, whisker to p99); accuracy
-    against p50 latency with the Pareto front (accuracy from the artifacts' JSON "evaluations" or `evaluate`
-    reports); throughput against batch size.
+    against p50 latency with the Pareto front; throughput against batch size.
 
     Args:
         bench_rows: `BenchmarkRow.to_dict()` rows, from one or more `edgepipe bench` runs.
-        eval_jsons: artifact JSONs (with "evaluations") and/or evaluation reports; may be empty.
+        points: `pareto.accuracy_points(bench_rows, eval_jsons)`, front flags included; may be empty.
         out_dir: created if missing.
 
     Returns:
@@ -114,7 +114,7 @@ def render_report(bench_rows: list[dict], eval_jsons: list[dict], out_dir: Path)
     """
     out_dir = Path(out_dir)
     models = list(dict.fromkeys(r["model"] for r in bench_rows))
-    points = accuracy_points(bench_rows, eval_jsons)
+    points = [dataclasses.asdict(p) for p in points]  # rendered as rows like the bench's
     md = ["# edgepipe benchmark report", "", *(f"- {line}" for line in _machine_lines(bench_rows)), "",
           "Plots (latency bars, accuracy vs latency with the Pareto front, throughput vs batch): `report.html`.", ""]
     html = [f"<!doctype html><html><head><meta charset='utf-8'><title>edgepipe benchmark report</title>"

@@ -164,4 +164,4 @@ def test_train_one_epoch_then_export_with_the_data_labels(wider_split, tmp_path,
     coco = _coco(tmp_path / "cats", [(1, "cat")], shared_data)  # no class in common with a face detector: skipped
     rows = build_models([NAME], tmp_path / "built", data_dirs=(out / "val", coco), cache_dir=cache_dir, bench=False,
                         weights=run / "best.safetensors", progress=False)
-    assert rows[0]["metric"] == f"ap_50 {100 * report.metrics['ap_50']:.2f}% (val)"
+    assert rows[0].metric == f"ap_50 {100 * report.metrics['ap_50']:.2f}% (val)"

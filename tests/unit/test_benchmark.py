@@ -180,9 +180,9 @@ def test_pareto_front_and_accuracy_points():
     evals = [{"model": "m", "precision": "fp32", "evaluations": {"coco": {"metrics": {"map_50_95": 0.30}}}},
              {"model": "m", "precision": "int8", "task": "detection", "data": "/d/coco", "metrics": {"map_50_95": 0.29}},
              {"model": "m", "precision": "fp16", "evaluations": {"coco": {"metrics": {"map_50_95": 0.30}}}}]
-    points = {p["precision"]: p for p in accuracy_points(rows, evals)}
-    assert points["fp32"]["on_front"] and points["int8"]["on_front"] and not points["fp16"]["on_front"]
-    assert points["int8"]["metric"] == "map_50_95" and points["int8"]["data"] == "coco"
+    points = {p.precision: p for p in accuracy_points(rows, evals)}
+    assert points["fp32"].on_front and points["int8"].on_front and not points["fp16"].on_front
+    assert points["int8"].metric == "map_50_95" and points["int8"].data == "coco"
 
 
 def test_report_writes_markdown_and_self_contained_html(tmp_path):
@@ -197,7 +197,7 @@ def test_report_writes_markdown_and_self_contained_html(tmp_path):
                              machine=machine).to_dict())
     evals = [{"model": "m.x", "precision": "fp32", "evaluations": {"lfw": {"metrics": {"accuracy": 0.99}}}},
              {"model": "m.x", "precision": "int8", "evaluations": {"lfw": {"metrics": {"accuracy": 0.98}}}}]
-    md_path, html_path = render_report(rows, evals, tmp_path / "out")
+    md_path, html_path = render_report(rows, accuracy_points(rows, evals), tmp_path / "out")
     md, html = md_path.read_text(), html_path.read_text()
     assert md_path.name == "report.md" and html_path.name == "report.html"
     for text in (md, html):
@@ -223,5 +223,5 @@ def test_quantized_artifact_json_gives_an_accuracy_point():
     fp32 = {"model": "m.x", "precision": "fp32", "evaluations": {"coco_val_mini": {"metrics": {"map_50_95": 0.28}}}}
     rows = [{"model": "m.x", "precision": p, "ep": "cpu", "threads": 1, "batch": 1, "status": "ok",
              "latency_ms_p50": ms} for p, ms in (("fp32", 50.0), ("int8", 30.0))]
-    points = {p["precision"]: p for p in accuracy_points(rows, [quantized, fp32])}
-    assert points["int8"]["accuracy"] == 0.27 and points["fp32"]["accuracy"] == 0.28
+    points = {p.precision: p for p in accuracy_points(rows, [quantized, fp32])}
+    assert points["int8"].accuracy == 0.27 and points["fp32"].accuracy == 0.28
