@@ -58,7 +58,8 @@ _ORT_METHOD = {CalibMethod.MINMAX: CalibrationMethod.MinMax, CalibMethod.ENTROPY
 _PRECISIONS = (Precision.FP16, Precision.INT8, Precision.INT8_DYNAMIC)
 _QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
 # Task -> (EvalReport metric, largest accepted drop in points, i.e. percent of the [0, 1] metric).
-_BUDGET = {Task.DETECTION: ("map_50_95", 1.0), Task.FACE_EMBEDDING: ("accuracy", 0.3), Task.FACE_DETECTION: ("ap_50", 1.0)}
+_BUDGET = {Task.DETECTION: ("map_50_95", 1.0), Task.FACE_EMBEDDING: ("accuracy", 0.3),
+           Task.FACE_DETECTION: ("ap_50", 1.0)}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,34 @@ class _Recipe:
     reduce_range: bool
     calib_size: int
     float_tail: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Metric:
+    """A task metric of one artifact on the budget's data set."""
+
+    task: Task
+    key: str  # e.g. "map_50_95"
+    value: float  # fraction
+    metrics: dict  # every metric of the report
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One quantized candidate and how it scored against the accuracy budget."""
+
+    path: Path
+    excluded: tuple[str, ...]  # nodes the fallback keeps in float
+    quantized_nodes: int
+    round: int = 0
+    per_channel: bool | None = None  # int8 static: the weight scaling of this candidate
+    harm: tuple[tuple[str, float], ...] = ()  # (node, harm) that this round's fallback ranked worst
+    float_tail_nodes: tuple[str, ...] = ()
+    metric: _Metric | None = None  # None without --eval-data
+    fp32: float | None = None
+    drop_points: float = 0.0
+    budget: float | None = None  # points
+    within_budget: bool = True
 
 
 @dataclass(frozen=True)
@@ -173,32 +202,32 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
                              "activations": "QUInt8", "weights": "QInt8 (7-bit)" if recipe.reduce_range else "QInt8",
                              "format": "QDQ", "calib_images": input_names})
             attempts = _static(Path(artifact), meta, inputs, tmp, recipe, options, fp32_metric)
-            over_budget = not any(a["within_budget"] for a in attempts)
+            over_budget = not any(a.within_budget for a in attempts)
             if fp32_metric is not None and options.per_channel is None and over_budget:
                 # The family's weight scaling was measured on the zoo weights; a fine-tuned model may want the other.
                 other = dataclasses.replace(recipe, per_channel=not recipe.per_channel)
                 log.warning("%s: over budget with per_channel=%s; trying per_channel=%s", meta.model_name,
                             recipe.per_channel, other.per_channel)
                 attempts += _static(Path(artifact), meta, inputs, tmp, other, options, fp32_metric, len(attempts))
-            settings["float_tail_nodes"] = attempts[0]["float_tail_nodes"]
-        best = min(attempts, key=lambda a: (not a["within_budget"], a["round"]))
-        if not best["within_budget"]:
-            best = min(attempts, key=lambda a: a["drop_points"])
-        if "per_channel" in best:
-            settings["per_channel"] = best["per_channel"]  # the weight scaling of the attempt kept
+            settings["float_tail_nodes"] = list(attempts[0].float_tail_nodes)
+        best = min(attempts, key=lambda a: (not a.within_budget, a.round))
+        if not best.within_budget:
+            best = min(attempts, key=lambda a: a.drop_points)
+        if best.per_channel is not None:
+            settings["per_channel"] = best.per_channel  # the weight scaling of the attempt kept
         parity_inputs = inputs[: options.parity_inputs]
         figures = _figures(Path(artifact), best, meta, settings, parity_inputs, options, attempts)
         figures["seconds"] = round(time.perf_counter() - started, 1)
-        if not best["within_budget"]:
+        if not best.within_budget:
             figures["status"] = "over budget: no .onnx written"
             json_path = atomic_write(out_path.with_suffix(".json"), json.dumps(figures, indent=1).encode())
             accuracy = figures["accuracy"]
-            fallback_rounds = sum(1 for a in attempts if a["excluded"])
+            fallback_rounds = sum(1 for a in attempts if a.excluded)
             raise QuantizeError(
                 f"{meta.model_name} {target.value}: {accuracy['metric']} drops {accuracy['drop_points']:.2f} points "
                 f"({accuracy['fp32']:.4f} -> {accuracy['quantized']:.4f}), over the {accuracy['max_drop_points']:g} "
                 f"budget after {fallback_rounds} fallback rounds{_tried(attempts)}; figures in {json_path}")
-        data = best["path"].read_bytes()
+        data = best.path.read_bytes()
     atomic_write(out_path, data)
     figures["sha256"] = sha256_file(out_path)
     json_path = atomic_write(out_path.with_suffix(".json"), json.dumps(figures, indent=1).encode())
@@ -242,7 +271,7 @@ def _preprocess(artifact: Path, tmp: Path) -> Path:
 
 
 def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Recipe, options: QuantizeOptions,
-            fp32_metric: dict | None, first_round: int = 0) -> list[dict]:
+            fp32_metric: _Metric | None, first_round: int = 0) -> list[_Attempt]:
     """Calibrate once, quantize, and while over budget keep the most harmful nodes in float and retry."""
     prepared = _preprocess(artifact, tmp)
     ranges = tmp / "ranges.json"  # activation ranges: computed once, reused by every round and weight setting
@@ -262,23 +291,23 @@ def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Reci
         except Exception as e:  # onnxruntime's calibrator raises untyped errors; report one line
             raise QuantizeError(f"{artifact}: int8 quantization failed: {type(e).__name__}: {str(e)[:200]}") from e
         proto = onnx.load(str(path))
-        attempt = _attempt(path, proto, meta, artifact, options, fp32_metric, excluded)
-        attempt.update(round=first_round + round_index, harm=harm, float_tail_nodes=tail,
-                       per_channel=recipe.per_channel)
+        attempt = dataclasses.replace(_attempt(path, proto, meta, artifact, options, fp32_metric, excluded),
+                                      round=first_round + round_index, harm=tuple(harm), float_tail_nodes=tuple(tail),
+                                      per_channel=recipe.per_channel)
         attempts.append(attempt)
-        if attempt["within_budget"] or round_index == options.max_fallback_rounds:
+        if attempt.within_budget or round_index == options.max_fallback_rounds:
             break
         ranking = rank_harmful_nodes(onnx.load(str(prepared)), proto, meta.input_name, inputs[: options.rank_inputs])
         ranking = [item for item in ranking if item[0] not in excluded][: options.nodes_per_round]
         harm = [(name, round(value, 5)) for name, value, _ in ranking]
         excluded = excluded + sorted({n for _, _, group in ranking for n in group} - set(excluded))
-        log.info("%s: %s over budget; keeping %s in float", meta.model_name, attempt["drop_points"], harm)
+        log.info("%s: %s over budget; keeping %s in float", meta.model_name, attempt.drop_points, harm)
     return attempts
 
 
-def _tried(attempts: list[dict]) -> str:
+def _tried(attempts: list[_Attempt]) -> str:
     """", per-channel and per-tensor weights tried" when the attempts covered both."""
-    return ", per-channel and per-tensor weights tried" if len({a.get("per_channel") for a in attempts}) > 1 else ""
+    return ", per-channel and per-tensor weights tried" if len({a.per_channel for a in attempts}) > 1 else ""
 
 
 def _tail_nodes(model: onnx.ModelProto, share: float) -> list[str]:
@@ -304,38 +333,37 @@ def _calibrate(prepared: Path, meta: ArtifactMeta, inputs, tmp: Path, method: Ca
 
 
 def _attempt(path: Path, proto: onnx.ModelProto, meta: ArtifactMeta, fp32_path: Path, options: QuantizeOptions,
-             fp32_metric: dict | None, excluded: list[str]) -> dict:
+             fp32_metric: _Metric | None, excluded: list[str]) -> _Attempt:
     """Stamp the contract on a candidate and score it against the budget."""
     onnx.save_model(write_contract(proto, meta), str(path))
-    attempt = {"path": path, "excluded": list(excluded), "round": 0, "within_budget": True, "drop_points": 0.0,
-               "metric": None, "quantized_nodes": len(set(quantized_nodes(proto)) - set(excluded))}
-    if fp32_metric is not None:
-        metric = _metric(path, options)
-        drop = 100.0 * (fp32_metric["value"] - metric["value"])
-        budget = options.max_drop if options.max_drop is not None else _BUDGET[fp32_metric["task"]][1]
-        # 1e-9: a drop of exactly the budget (e.g. 0.9933 -> 0.9833 = 1.0000000000000009 points) is within it
-        attempt.update(metric=metric, drop_points=round(drop, 4), within_budget=drop <= budget + 1e-9, budget=budget,
-                       fp32=fp32_metric["value"])
-    return attempt
+    attempt = _Attempt(path, tuple(excluded), len(set(quantized_nodes(proto)) - set(excluded)))
+    if fp32_metric is None:
+        return attempt
+    metric = _metric(path, options)
+    drop = 100.0 * (fp32_metric.value - metric.value)
+    budget = options.max_drop if options.max_drop is not None else _BUDGET[fp32_metric.task][1]
+    # 1e-9: a drop of exactly the budget (e.g. 0.9933 -> 0.9833 = 1.0000000000000009 points) is within it
+    return dataclasses.replace(attempt, metric=metric, drop_points=round(drop, 4), within_budget=drop <= budget + 1e-9,
+                               budget=budget, fp32=fp32_metric.value)
 
 
-def _metric(path: Path, options: QuantizeOptions) -> dict:
+def _metric(path: Path, options: QuantizeOptions) -> _Metric:
     """The task metric of one artifact on `options.eval_data`."""
     report = evaluate(path, options.eval_data, detector=options.detector, progress=False)
     key = _BUDGET[report.task][0]
-    return {"task": report.task, "key": key, "value": float(report.metrics[key]), "metrics": report.metrics}
+    return _Metric(report.task, key, float(report.metrics[key]), report.metrics)
 
 
-def _figures(fp32_path: Path, best: dict, meta: ArtifactMeta, settings: dict, parity_inputs, options: QuantizeOptions,
-             attempts: list[dict]) -> dict:
+def _figures(fp32_path: Path, best: _Attempt, meta: ArtifactMeta, settings: dict, parity_inputs,
+             options: QuantizeOptions, attempts: list[_Attempt]) -> dict:
     """The JSON of the chosen attempt: size, parity, accuracy, float nodes, speed, settings, versions."""
-    path = best["path"]
+    path = best.path
     size_mb, fp32_mb = path.stat().st_size / 1e6, fp32_path.stat().st_size / 1e6
     speed = time_pair(fp32_path, path, parity_inputs[0], meta.input_name, threads=options.threads,
                       runs=options.timing_runs)
     proto = onnx.load(str(path))
     # A node kept in float still reads the DequantizeLinear of a quantized producer: the exclusions say it is float.
-    quantized = set(quantized_nodes(proto)) - set(best["excluded"]) - set(best.get("float_tail_nodes", ()))
+    quantized = set(quantized_nodes(proto)) - set(best.excluded) - set(best.float_tail_nodes)
     float_nodes = [n.name for n in proto.graph.node if n.name not in quantized and n.op_type not in _QUANT_OPS]
     if meta.precision == Precision.FP16:  # everything is half but the converter's block list (and its Casts)
         float_nodes = [n.name for n in proto.graph.node if n.op_type in float16.DEFAULT_OP_BLOCK_LIST]
@@ -344,7 +372,7 @@ def _figures(fp32_path: Path, best: dict, meta: ArtifactMeta, settings: dict, pa
         "size_mb": round(size_mb, 3), "fp32_size_mb": round(fp32_mb, 3), "size_vs_fp32": round(size_mb / fp32_mb, 3),
         "sha256": "", "parity_vs": fp32_path.name, "parity": compare_outputs(fp32_path, path, parity_inputs),
         "settings": settings,
-        "nodes": {"quantized": len(quantized), "excluded_by_fallback": best["excluded"], "float": float_nodes},
+        "nodes": {"quantized": len(quantized), "excluded_by_fallback": list(best.excluded), "float": float_nodes},
         "speed": {**speed, "machine": machine_info()},
         "versions": {"edgepipe": edgepipe.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__},
@@ -354,13 +382,13 @@ def _figures(fp32_path: Path, best: dict, meta: ArtifactMeta, settings: dict, pa
         figures["warning"] = (f"{meta.precision.value} is not faster than fp32 on this machine "
                               f"({speed['ms_p50']:.2f} vs {speed['fp32_ms_p50']:.2f} ms, {speed['threads']} threads); "
                               f"deploy {fp32_path.name} here")
-    if best["metric"] is not None:
+    if best.metric is not None:
         figures["accuracy"] = {
-            "data": str(options.eval_data), "metric": best["metric"]["key"], "fp32": best["fp32"],
-            "quantized": best["metric"]["value"], "drop_points": best["drop_points"],
-            "max_drop_points": best["budget"], "within_budget": best["within_budget"],
-            "quantized_metrics": best["metric"]["metrics"],
-            "rounds": [{"round": a["round"], "per_channel": a.get("per_channel"), "excluded": a["excluded"],
-                        "drop_points": a["drop_points"], "harm_added": a.get("harm", [])} for a in attempts],
+            "data": str(options.eval_data), "metric": best.metric.key, "fp32": best.fp32,
+            "quantized": best.metric.value, "drop_points": best.drop_points,
+            "max_drop_points": best.budget, "within_budget": best.within_budget,
+            "quantized_metrics": best.metric.metrics,
+            "rounds": [{"round": a.round, "per_channel": a.per_channel, "excluded": list(a.excluded),
+                        "drop_points": a.drop_points, "harm_added": [list(h) for h in a.harm]} for a in attempts],
         }
     return figures
