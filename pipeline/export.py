@@ -25,7 +25,7 @@ from edgepipe.errors import ArtifactError, ExportError
 from edgepipe.export_nms import NMS_OUTPUTS, GFLDecoded, with_nms
 from edgepipe.models import build, get_spec
 from edgepipe.models.registry import spec_of
-from edgepipe.parity import chips_for_parity, measure_parity
+from edgepipe.parity import Parity, chips_for_parity, measure_parity
 from edgepipe.runtime.atomic import atomic_write
 from edgepipe.runtime.preprocess import read_image
 from edgepipe.runtime.specs import ArtifactMeta, Precision, Task
@@ -113,13 +113,13 @@ def export_onnx(
             parity = _parity(model, candidate, meta, photos, cache_dir)
         except ArtifactError as e:
             raise ExportError(f"{name}: the exported file does not load back: {e}") from e
-        if parity["gate_max_abs_diff"] > parity_atol:
-            raise ExportError(f"{name}: torch vs onnxruntime max abs diff {parity['gate_max_abs_diff']:.3g} "
+        if parity.gate_max_abs_diff > parity_atol:
+            raise ExportError(f"{name}: torch vs onnxruntime max abs diff {parity.gate_max_abs_diff:.3g} "
                               f"exceeds {parity_atol:g}")
         data = candidate.read_bytes()
     figures = {
         "model": name, "precision": meta.precision.value, "onnx": onnx_path.name,
-        "size_mb": round(len(data) / 1e6, 3), "sha256": "", "parity_vs": "torch fp32", "parity": parity,
+        "size_mb": round(len(data) / 1e6, 3), "sha256": "", "parity_vs": "torch fp32", "parity": parity.to_dict(),
         "export": {"opset": opset, "seconds": round(export_s, 2), "dynamic_batch": True, "nms_in_graph": nms_in_graph},
         "versions": _versions(), "meta": json.loads(meta.to_json()),
     }
@@ -180,14 +180,12 @@ def _input_shape(meta: ArtifactMeta) -> tuple[int, int, int]:
     return (c, h, w) if meta.input.layout.value == "NCHW" else (h, w, c)
 
 
-def _parity(model, onnx_path: Path, meta: ArtifactMeta, photos: list[np.ndarray], cache_dir) -> dict:
+def _parity(model, onnx_path: Path, meta: ArtifactMeta, photos: list[np.ndarray], cache_dir) -> Parity:
     if meta.head.task == Task.FACE_EMBEDDING:
         detector_spec = get_spec(PARITY_DETECTOR)
         detector = build(PARITY_DETECTOR, cache_dir=cache_dir)
         chips = chips_for_parity(detector, artifact_meta(detector_spec), photos, meta.head)
-        figures = measure_parity(model, onnx_path, photos, chips)
-        figures["chips_from"] = PARITY_DETECTOR
-        return figures
+        return dataclasses.replace(measure_parity(model, onnx_path, photos, chips), chips_from=PARITY_DETECTOR)
     return measure_parity(model, onnx_path, photos)
 
 
