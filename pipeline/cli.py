@@ -124,6 +124,8 @@ def _cmd_faces_identify(args) -> int:
     from edgepipe.runtime.atomic import atomic_write
     from edgepipe.runtime.draw import draw_identities, encode_image
 
+    if args.out:
+        _check_image_out(Path(args.out))
     recognizer = _recognizer(args, gallery_must_exist=True)
     image = read_image(args.image)
     results = recognizer.identify(image, args.threshold)
@@ -153,6 +155,28 @@ def _cmd_quantize(args) -> int:
     if figures.get("warning"):
         print(f"warning: {figures['warning']}")
     return 0
+
+
+def _score(text: str) -> float:
+    """A score threshold: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"expected a score in [0, 1], got {text!r}")
+    return value
+
+
+def _distance(text: str) -> float:
+    """A match threshold: a finite distance > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0.0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite distance > 0, got {text!r}")
+    return value
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -212,7 +236,22 @@ def _cmd_demo(args) -> int:
     env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")  # no telemetry from a local demo
     env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", "25")  # MB: the uploader shows the limit the pages enforce
     env.setdefault("STREAMLIT_CLIENT_TOOLBAR_MODE", "minimal")  # no "Deploy" button or developer menu in a demo
+    # The demo holds a face gallery: it listens on this machine only, unless --server.address says otherwise (a
+    # flag beats the environment in Streamlit), and so never looks up an external address to print.
+    env.setdefault("STREAMLIT_SERVER_ADDRESS", "127.0.0.1")
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_flags], env=env)
+
+
+def _check_image_out(path: Path) -> None:
+    """Refuse an output image name OpenCV cannot encode before any work is done."""
+    from edgepipe.runtime import InputError
+    from edgepipe.runtime.draw import ENCODABLE_SUFFIXES
+
+    if path.suffix and path.suffix.lower() not in ENCODABLE_SUFFIXES:  # no suffix: written as JPEG
+        raise InputError(f"{path}: cannot write an image as {path.suffix or 'no suffix'!r}; expected one of "
+                         f"{', '.join(ENCODABLE_SUFFIXES)}")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an image file name")
 
 
 def _read_json(path: Path):
@@ -360,7 +399,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("artifact", help="a detector (.onnx), or a face embedder with --gallery")
     run.add_argument("input", help="image, folder of images, or video (.mp4 .avi .mov .mkv .webm .m4v)")
     run.add_argument("--out", required=True, help="annotated image, folder, or .mp4 for a video")
-    run.add_argument("--score-thresh", type=float, help="minimum score (default: the artifact's)")
+    run.add_argument("--score-thresh", type=_score, help="minimum score in [0, 1] (default: the artifact's)")
     run.add_argument("--gallery", type=Path, help="face gallery, to name people with a face embedder")
     run.add_argument("--detector", type=Path, help="face detector artifact used with --gallery (default: "
                      f"{FACE_DETECTOR} beside ARTIFACT, else in CACHE/artifacts)")
@@ -379,7 +418,7 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("image", help="photo to identify faces in")
             p.add_argument("--out", help="write the annotated image here (.jpg or .png)")
-            p.add_argument("--threshold", type=float, help="match distance (default: the gallery's)")
+            p.add_argument("--threshold", type=_distance, help="match distance > 0 (default: the gallery's)")
         p.add_argument("--detector", help=f"face detector artifact (default: {FACE_DETECTOR} beside the embedder, "
                        "else in CACHE/artifacts)")
         p.add_argument("--embedder", help=f"face embedder artifact (default: CACHE/artifacts/{EMBEDDER})")

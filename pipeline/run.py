@@ -14,7 +14,7 @@ from tqdm import tqdm
 from edgepipe.errors import InputError, SpecError
 from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer, ObjectDetector, load
 from edgepipe.runtime.atomic import atomic_write
-from edgepipe.runtime.draw import draw_detections, draw_faces, draw_identities, encode_image
+from edgepipe.runtime.draw import ENCODABLE_SUFFIXES, draw_detections, draw_faces, draw_identities, encode_image
 from edgepipe.runtime.preprocess import IMAGE_SUFFIXES, read_image
 from edgepipe.runtime.specs import Task
 from edgepipe.runtime.video import VIDEO_SUFFIXES, VideoOut, open_video, read_frames
@@ -81,6 +81,7 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
     input_path, out_path = Path(input_path), Path(out_path)
     if not input_path.exists():
         raise InputError(f"{input_path}: no such file or folder")
+    _check_out(input_path, out_path)  # before any work: a bad destination must not cost a whole video
     annotate = _annotator(Path(artifact), score_thresh, gallery, detector)
     started = time.perf_counter()
     if input_path.is_dir():
@@ -100,11 +101,24 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
     return RunSummary("image", 1, n, time.perf_counter() - started, out_path)
 
 
+def _check_out(input_path: Path, out_path: Path) -> None:
+    """Refuse a destination that cannot take what `input_path` produces."""
+    if input_path.is_dir():
+        if out_path.exists() and not out_path.is_dir():
+            raise InputError(f"{out_path}: is a file; a folder of images is written into a folder")
+        return
+    if out_path.is_dir():
+        raise InputError(f"{out_path}: is a directory, expected a file name for the annotated result")
+    if input_path.suffix.lower() in VIDEO_SUFFIXES:
+        if out_path.suffix.lower() != ".mp4":
+            raise InputError(f"{out_path}: a video is written as .mp4, got {out_path.suffix or 'no suffix'!r}")
+    elif out_path.suffix and out_path.suffix.lower() not in ENCODABLE_SUFFIXES:
+        raise InputError(f"{out_path}: cannot write an image as {out_path.suffix!r}; expected one of "
+                         f"{', '.join(ENCODABLE_SUFFIXES)}")
+
+
 def _run_video(annotate, input_path: Path, out_path: Path, progress: bool, started: float) -> RunSummary:
     capture, fps, frames = open_video(input_path)
-    if out_path.suffix.lower() != ".mp4":
-        capture.release()
-        raise InputError(f"{out_path}: a video is written as .mp4, got {out_path.suffix or 'no suffix'!r}")
     width, height = int(capture.get(3)), int(capture.get(4))  # CAP_PROP_FRAME_WIDTH, CAP_PROP_FRAME_HEIGHT
     count = total = 0
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from edgepipe.runtime.errors import InputError
+
 __all__ = ["draw_faces"]
 
 _KNOWN = (40, 200, 40)
@@ -44,11 +46,20 @@ def draw_identities(image_rgb: np.ndarray, results) -> tuple[np.ndarray, list[st
     return draw_faces(image_rgb, [face for face, _ in results], labels, known), labels
 
 
+ENCODABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what OpenCV writes here
+
+
 def encode_image(image_rgb: np.ndarray, suffix: str = ".jpg") -> bytes:
-    """Encode an RGB image to bytes in the format the suffix names (.jpg or .png)."""
+    """Encode an RGB image to bytes in the format the suffix names (one of `ENCODABLE_SUFFIXES`).
+
+    Raises:
+        InputError: a suffix OpenCV cannot encode.
+    """
+    if suffix.lower() not in ENCODABLE_SUFFIXES:
+        raise InputError(f"cannot write an image as {suffix!r}; expected one of {', '.join(ENCODABLE_SUFFIXES)}")
     ok, buffer = cv2.imencode(suffix, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR))
     if not ok:
-        raise ValueError(f"cannot encode an image as {suffix!r}")
+        raise InputError(f"OpenCV could not encode the image as {suffix!r}")
     return buffer.tobytes()
 
 

@@ -148,13 +148,25 @@ class FaceGallery:
         return len(self._people.get(name, ()))
 
     def enroll(self, name: str, embeddings: np.ndarray) -> None:
-        name = name.strip()
-        if not name:
-            raise InputError("a gallery name must not be empty")
+        """Add embeddings (D,) or (N, D) under `name`; checked before anything changes."""
+        name = self._checked_name(name)
         embeddings = np.atleast_2d(np.asarray(embeddings, np.float32))
+        dims = {v.shape[1] for v in self._people.values()}
+        if embeddings.ndim != 2 or not embeddings.size or (dims and embeddings.shape[1] not in dims):
+            raise InputError(f"embeddings of shape {embeddings.shape} do not fit this gallery "
+                             f"(expected (N, {dims.pop() if dims else 'D'}))")
+        if not np.isfinite(embeddings).all():
+            raise InputError(f"embeddings for {name!r} hold NaN or infinite values")
         if name in self._people:
             embeddings = np.concatenate([self._people[name], embeddings])
         self._people[name] = embeddings
+
+    @staticmethod
+    def _checked_name(name: str) -> str:
+        name = str(name).strip()
+        if not name:
+            raise InputError("a gallery name must not be empty")
+        return name
 
     def remove(self, name: str) -> None:
         if name not in self._people:
@@ -162,15 +174,19 @@ class FaceGallery:
         del self._people[name]
 
     def rename(self, old: str, new: str) -> None:
-        if new.strip() in self._people:
+        """Give `old`'s embeddings the name `new`; every check comes before the change, so a bad name loses nothing."""
+        new = self._checked_name(new)
+        if old not in self._people:
+            raise InputError(f"gallery has no person {old!r}; enrolled: {self.names}")
+        if new in self._people:
             raise InputError(f"gallery already has a person {new!r}")
-        embeddings = self._people.get(old)
-        self.remove(old)
-        self.enroll(new, embeddings)
+        self._people[new] = self._people.pop(old)
 
     def identify(self, embeddings: np.ndarray, threshold: float | None = None) -> list[Match]:
         """Match each row of `embeddings` (N, D) to the nearest enrolled person."""
         threshold = self.threshold if threshold is None else float(threshold)
+        if not np.isfinite(threshold) or threshold <= 0:
+            raise InputError(f"match threshold must be a finite distance > 0, got {threshold!r}")
         embeddings = np.atleast_2d(embeddings)
         if not self._people:
             return [Match(None, float("inf"), None) for _ in embeddings]
@@ -206,16 +222,15 @@ class FaceGallery:
             raise InputError(f"{path}: gallery version {body.get('version')!r}; expected {GALLERY_VERSION}")
         try:
             gallery = cls(str(body["model"]), str(body["metric"]), float(body["threshold"]))
+            if not np.isfinite(gallery.threshold) or gallery.threshold <= 0:
+                raise ValueError(f"threshold {gallery.threshold!r} is not a finite distance > 0")
             for name, rows in body["people"].items():
                 array = np.asarray(rows, np.float32)
                 if array.ndim != 2 or array.shape[0] == 0:
                     raise ValueError(f"person {name!r} has embeddings of shape {array.shape}")
                 gallery.enroll(name, array)
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, InputError) as e:  # InputError: enroll's checks
             raise InputError(f"{path}: corrupt gallery file ({type(e).__name__}: {e})") from e
-        dims = {v.shape[1] for v in gallery._people.values()}
-        if len(dims) > 1:
-            raise InputError(f"{path}: corrupt gallery file (mixed embedding sizes {sorted(dims)})")
         return gallery
 
 

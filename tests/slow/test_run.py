@@ -36,7 +36,7 @@ def _error(capsys, code, needle):
     assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
 
 
-def test_run_bad_inputs(artifacts, tmp_path, capsys):
+def test_run_bad_inputs(artifacts, shared_data, group_photos, tmp_path, capsys):
     detector = str(artifacts["blazeface_back.mediapipe"])
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 100)
@@ -47,6 +47,15 @@ def test_run_bad_inputs(artifacts, tmp_path, capsys):
     _error(capsys, main(["run", detector, str(empty), "--out", str(tmp_path / "o.mp4")]), str(empty))
     (tmp_path / "no_images").mkdir()
     _error(capsys, main(["run", detector, str(tmp_path / "no_images"), "--out", str(tmp_path / "x")]), "no images")
-    _error(capsys, main(["run", str(artifacts["dlib_resnet29.facerec"]), str(broken), "--out", str(tmp_path / "o.jpg")]),
-           "pass --gallery")
+    embedder = str(artifacts["dlib_resnet29.facerec"])
+    _error(capsys, main(["run", embedder, str(broken), "--out", str(tmp_path / "o.mp4")]), "pass --gallery")
     assert not list(tmp_path.glob("o.*")) and not (tmp_path / "x").exists()
+    # Destinations that cannot take the result are refused before any frame is processed (issue #13).
+    video = str(shared_data / "videos" / "face_carphone.mp4")
+    (tmp_path / "taken.mp4").mkdir()
+    _error(capsys, main(["run", detector, video, "--out", str(tmp_path / "taken.mp4")]), "is a directory")
+    _error(capsys, main(["run", detector, video, "--out", str(tmp_path / "v.avi")]), "written as .mp4")
+    _error(capsys, main(["run", detector, str(group_photos[0]), "--out", str(tmp_path / "x.xyz")]),
+           "cannot write an image as '.xyz'")
+    left = {p.name for p in tmp_path.iterdir()} - {"empty.mp4"}  # the codec may or may not have written it
+    assert left == {"broken.mp4", "no_images", "taken.mp4"}, left  # no output, no temporary file

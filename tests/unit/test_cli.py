@@ -1,6 +1,11 @@
 """CLI parsing: every command's --help works, flags map to options, unknown flags fail with exit 2."""
 
+import math
+import subprocess
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgepipe.cli import _parser, main
 
@@ -49,3 +54,41 @@ def test_train_and_build_option_errors_are_one_line(tmp_path, capsys):
     assert main(["split", str(tmp_path), "--out", str(tmp_path / "s"), "--val-fraction", "1.5"]) == 2
     assert capsys.readouterr().err.strip() == "edgepipe: error: val fraction must be in (0, 1), got 1.5"
     assert not (tmp_path / "o").exists() and not (tmp_path / "s").exists()
+
+
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8)))
+def test_score_and_distance_flags_accept_exactly_their_ranges(value):
+    """--score-thresh takes [0, 1], --threshold a finite distance > 0; nan, inf, negatives and words exit 2."""
+    text = repr(value) if isinstance(value, float) else value
+    try:
+        number = float(text)
+    except ValueError:
+        number = math.nan
+    run = ["run", "a.onnx", "in.jpg", "--out", "o.jpg", "--score-thresh", text]
+    identify = ["faces", "identify", "g.json", "in.jpg", "--threshold", text]
+    for flags, ok in ((run, 0.0 <= number <= 1.0), (identify, 0.0 < number < math.inf)):
+        if ok:
+            assert _parser().parse_args(flags)
+        else:
+            with pytest.raises(SystemExit) as exit_info:
+                _parser().parse_args(flags)
+            assert exit_info.value.code == 2
+
+
+def test_demo_listens_on_this_machine_only_unless_asked(monkeypatch):
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda command, env: calls.append((command, env)) or 0)
+    monkeypatch.delenv("STREAMLIT_SERVER_ADDRESS", raising=False)
+    assert main(["demo", "--server.headless", "true"]) == 0
+    command, env = calls[0]
+    assert env["STREAMLIT_SERVER_ADDRESS"] == "127.0.0.1" and env["STREAMLIT_CLIENT_TOOLBAR_MODE"] == "minimal"
+    assert command[-2:] == ["--server.headless", "true"]  # a --server.address flag would still win: it is passed on
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["faces", "identify", "g.json", "in.jpg", "--out", "named.txt"], "cannot write an image as '.txt'"),
+])
+def test_an_output_name_that_cannot_be_written_is_refused_before_any_work(argv, message, tmp_path, capsys):
+    assert main(["--cache-dir", str(tmp_path), *argv]) == 2  # the gallery and models do not even exist
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

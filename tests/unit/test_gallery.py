@@ -63,3 +63,34 @@ def test_unwritable_directory_leaves_nothing(tmp_path):
     with pytest.raises(InputError, match="cannot write"):
         _gallery().save(target)
     assert not target.exists()
+
+
+def test_a_rename_or_enrollment_that_fails_changes_nothing():
+    """Issue #13: rename("bob", "  ") removed bob before it raised; a 5-d vector entered a 2-d gallery."""
+    gallery = _gallery()
+    for old, new, message in (("bob", "  ", "must not be empty"), ("bob", "ada", "already has a person 'ada'"),
+                              ("carol", "dave", "no person 'carol'")):
+        with pytest.raises(InputError, match=message):
+            gallery.rename(old, new)
+    assert gallery.names == ["ada", "bob"] and gallery.count("bob") == 1
+    for embeddings, message in ((np.ones(5), r"do not fit this gallery \(expected \(N, 2\)\)"),
+                                (np.array([np.nan, 1.0]), "NaN or infinite"), (np.zeros((0, 2)), "do not fit")):
+        with pytest.raises(InputError, match=message):
+            gallery.enroll("bob", embeddings)
+    assert gallery.count("bob") == 1
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), -1.0, 0.0, float("inf")])
+def test_a_threshold_that_is_no_distance_is_refused(threshold):
+    with pytest.raises(InputError, match="finite distance > 0"):
+        _gallery().identify(np.array([[1.0, 1.0]]), threshold=threshold)
+
+
+def test_a_gallery_file_with_nan_or_mixed_sizes_is_corrupt(tmp_path):
+    for people, threshold in (({"a": [[float("nan"), 1.0]]}, 0.6), ({"a": [[1.0, 2.0]], "b": [[1.0, 2.0, 3.0]]}, 0.6),
+                              ({"a": [[1.0, 2.0]]}, -1)):
+        body = {"format": "edgepipe-face-gallery", "version": 1, "model": "m", "metric": "euclidean",
+                "threshold": threshold, "people": people}
+        (tmp_path / "g.json").write_text(json.dumps(body))  # json writes NaN as NaN, which it reads back
+        with pytest.raises(InputError, match="g.json: corrupt gallery file"):
+            FaceGallery.load(tmp_path / "g.json")
