@@ -108,14 +108,20 @@ def _recognizer(args, gallery_must_exist: bool):
 
 
 def _cmd_faces_enroll(args) -> int:
-    from edgepipe.runtime import read_image
+    from edgepipe.runtime import FaceGallery, read_image
 
     recognizer = _recognizer(args, gallery_must_exist=False)
-    for path in args.images:  # read and detect every image before the gallery file changes
-        recognizer.enroll(args.name, read_image(path), source=str(path))
-    recognizer.gallery.save(args.gallery)
+    # Every image is read and embedded before the gallery changes; the change itself is a locked read-modify-write,
+    # so enrollments running at the same time into one gallery all stay.
+    embeddings = [recognizer.largest_face(read_image(path), source=str(path))[1] for path in args.images]
+
+    def add(gallery: FaceGallery) -> None:
+        for embedding in embeddings:
+            gallery.enroll(args.name, embedding)
+
+    gallery = FaceGallery.update(args.gallery, add, lambda: FaceGallery.for_embedder(recognizer.embedder))
     print(f"enrolled {args.name!r} from {len(args.images)} image(s); {args.gallery} now holds "
-          f"{len(recognizer.gallery.names)} {'person' if len(recognizer.gallery.names) == 1 else 'people'}")
+          f"{len(gallery.names)} {'person' if len(gallery.names) == 1 else 'people'}")
     return 0
 
 

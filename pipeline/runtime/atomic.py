@@ -1,15 +1,17 @@
 """Write files all-or-nothing: `atomic_write(path, data)` writes a temporary sibling and renames it into place;
-`publish(tmp, path)` renames a finished temporary file (e.g. a video) into place with a normal file's mode."""
+`publish(tmp, path)` renames a finished temporary file (e.g. a video) into place with a normal file's mode;
+`locked(path)` holds an exclusive lock on `path` for a read-modify-write across processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
 from edgepipe.runtime.errors import InputError
 
-__all__ = ["atomic_write", "publish"]
+__all__ = ["atomic_write", "publish", "locked"]
 
 
 def atomic_write(path: str | Path, data: bytes) -> Path:
@@ -44,3 +46,34 @@ def publish(tmp: str | Path, path: str | Path) -> Path:
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return Path(path)
+
+
+@contextlib.contextmanager
+def locked(path: str | Path):
+    """Hold an exclusive lock on `path` (through the sibling file `path.lock`, which stays) while the block runs.
+
+    The file itself cannot carry the lock: `atomic_write` replaces it with a new file. Other processes that use
+    `locked` on the same path wait; readers that do not lock still see a whole old or new file.
+
+    Raises:
+        InputError: the lock file cannot be created (the folder is missing, a file, or read-only).
+    """
+    lock_path = Path(f"{path}.lock")
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise InputError(f"{lock_path.parent}: cannot write there, not even its lock file "
+                         f"({e.strerror or e})") from e
+    try:
+        if os.name == "nt":  # pragma: no cover - Windows
+            import msvcrt
+
+            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

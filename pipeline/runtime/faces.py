@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.atomic import atomic_write, locked
 from edgepipe.runtime.enums import Task
 from edgepipe.runtime.errors import ArtifactError, InputError
 from edgepipe.runtime.postprocess import embedding_distance
@@ -198,6 +198,16 @@ class FaceGallery:
             matches.append(Match(names[j] if row[j] <= threshold else None, float(row[j]), names[j]))
         return matches
 
+    @classmethod
+    def update(cls, path: str | Path, change, new) -> "FaceGallery":
+        """Read the gallery at `path` (or start `new()`), apply `change(gallery)` and save it, all under an
+        exclusive lock: concurrent writers each see the others' changes, none is lost."""
+        with locked(path):
+            gallery = cls.load(path) if Path(path).exists() else new()
+            change(gallery)
+            gallery.save(path)
+        return gallery
+
     def save(self, path: str | Path) -> Path:
         body = {
             "format": GALLERY_FORMAT, "version": GALLERY_VERSION, "model": self.model_name,
@@ -247,12 +257,17 @@ class FaceRecognizer:
 
     def enroll(self, name: str, image_rgb: np.ndarray, source: str = "image") -> Face:
         """Add the largest face of `image_rgb` under `name`; raises InputError if there is none."""
+        face, embedding = self.largest_face(image_rgb, source)
+        self.gallery.enroll(name, embedding)
+        return face
+
+    def largest_face(self, image_rgb: np.ndarray, source: str = "image") -> tuple[Face, np.ndarray]:
+        """The largest face of `image_rgb` (keypoints refined) and its (1, D) embedding; InputError if none."""
         faces = self.detector.detect(image_rgb)
         if not faces:
             raise InputError(f"no face found in {source}")
         face = self.detector.refine(image_rgb, max(faces, key=lambda f: f.area))
-        self.gallery.enroll(name, self.embedder.embed(image_rgb, [face]))
-        return face
+        return face, self.embedder.embed(image_rgb, [face])
 
     def identify(self, image_rgb: np.ndarray, threshold: float | None = None) -> list[tuple[Face, Match]]:
         """Every face in the image with who it is (name None = unknown), best detection first."""

@@ -3,13 +3,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgepipe.cli import main
 from edgepipe.errors import ArtifactError
-from edgepipe.runtime import FaceDetector, load, read_image
+from edgepipe.runtime import FaceDetector, FaceGallery, load, read_image
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +136,19 @@ def test_truncated_dat_file_is_a_weight_import_error(cache_dir, tmp_path):
     cut.write_bytes(data[: len(data) // 3])
     with pytest.raises(WeightImportError, match="cut.dat"):
         read_dlib_dat(cut)
+
+
+def test_concurrent_enrollments_into_one_gallery_all_stay(artifacts, group_photos, tmp_path):
+    """Issue #13: three `faces enroll` at once into one gallery kept one person; a locked read-modify-write keeps all."""
+    gallery = tmp_path / "gallery.json"
+    script = Path(sys.executable).with_name("edgepipe")
+    models = ["--detector", str(artifacts["blazeface_back.mediapipe"]), "--embedder",
+              str(artifacts["dlib_resnet29.facerec"])]
+    names = [f"person{i}" for i in range(4)]
+    workers = [subprocess.Popen([str(script), "faces", "enroll", str(gallery), name, str(group_photos[0]), *models],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in names]
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err
+    assert FaceGallery.load(gallery).names == names
+    assert not list(tmp_path.glob(".gallery.json.*"))  # no temporary file left; gallery.json.lock stays by design
