@@ -128,10 +128,10 @@ def _cmd_faces_enroll(args) -> int:
 def _cmd_faces_identify(args) -> int:
     from edgepipe.runtime import InputError, read_image
     from edgepipe.runtime.atomic import atomic_write
-    from edgepipe.runtime.draw import draw_identities, encode_image
+    from edgepipe.runtime.draw import check_image_path, draw_identities, encode_image
 
     if args.out:
-        _check_image_out(Path(args.out))
+        check_image_path(Path(args.out))
     recognizer = _recognizer(args, gallery_must_exist=True)
     image = read_image(args.image)
     results = recognizer.identify(image, args.threshold)
@@ -246,18 +246,6 @@ def _cmd_demo(args) -> int:
     # flag beats the environment in Streamlit), and so never looks up an external address to print.
     env.setdefault("STREAMLIT_SERVER_ADDRESS", "127.0.0.1")
     return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_flags], env=env)
-
-
-def _check_image_out(path: Path) -> None:
-    """Refuse an output image name OpenCV cannot encode before any work is done."""
-    from edgepipe.runtime import InputError
-    from edgepipe.runtime.draw import ENCODABLE_SUFFIXES
-
-    if path.suffix and path.suffix.lower() not in ENCODABLE_SUFFIXES:  # no suffix: written as JPEG
-        raise InputError(f"{path}: cannot write an image as {path.suffix or 'no suffix'!r}; expected one of "
-                         f"{', '.join(ENCODABLE_SUFFIXES)}")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected an image file name")
 
 
 def _read_json(path: Path):

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from edgepipe.errors import InputError, SpecError
 from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer, ObjectDetector, load
 from edgepipe.runtime.atomic import atomic_write
-from edgepipe.runtime.draw import ENCODABLE_SUFFIXES, draw_detections, draw_faces, draw_identities, encode_image
+from edgepipe.runtime.draw import check_image_path, draw_detections, draw_faces, draw_identities, encode_image
 from edgepipe.runtime.preprocess import IMAGE_SUFFIXES, read_image
 from edgepipe.runtime.specs import Task
 from edgepipe.runtime.video import VIDEO_SUFFIXES, VideoOut, open_video, read_frames
@@ -107,14 +107,12 @@ def _check_out(input_path: Path, out_path: Path) -> None:
         if out_path.exists() and not out_path.is_dir():
             raise InputError(f"{out_path}: is a file; a folder of images is written into a folder")
         return
-    if out_path.is_dir():
+    if input_path.suffix.lower() not in VIDEO_SUFFIXES:
+        check_image_path(out_path)
+    elif out_path.is_dir():
         raise InputError(f"{out_path}: is a directory, expected a file name for the annotated result")
-    if input_path.suffix.lower() in VIDEO_SUFFIXES:
-        if out_path.suffix.lower() != ".mp4":
-            raise InputError(f"{out_path}: a video is written as .mp4, got {out_path.suffix or 'no suffix'!r}")
-    elif out_path.suffix and out_path.suffix.lower() not in ENCODABLE_SUFFIXES:
-        raise InputError(f"{out_path}: cannot write an image as {out_path.suffix!r}; expected one of "
-                         f"{', '.join(ENCODABLE_SUFFIXES)}")
+    elif out_path.suffix.lower() != ".mp4":
+        raise InputError(f"{out_path}: a video is written as .mp4, got {out_path.suffix or 'no suffix'!r}")
 
 
 def _run_video(annotate, input_path: Path, out_path: Path, progress: bool, started: float) -> RunSummary:

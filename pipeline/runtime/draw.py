@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -47,6 +49,19 @@ def draw_identities(image_rgb: np.ndarray, results) -> tuple[np.ndarray, list[st
 
 
 ENCODABLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")  # what OpenCV writes here
+
+
+def check_image_path(path: Path) -> None:
+    """Refuse, before any work, an output image path this module cannot write (no suffix: written as JPEG).
+
+    Raises:
+        InputError: a suffix OpenCV cannot encode, or a path that is a directory.
+    """
+    if path.suffix and path.suffix.lower() not in ENCODABLE_SUFFIXES:
+        raise InputError(f"{path}: cannot write an image as {path.suffix!r}; expected one of "
+                         f"{', '.join(ENCODABLE_SUFFIXES)}")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a file name for the annotated result")
 
 
 def encode_image(image_rgb: np.ndarray, suffix: str = ".jpg") -> bytes:
