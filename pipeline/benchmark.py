@@ -23,6 +23,8 @@ import onnx
 from edgepipe.envs import MAIN_ENV, env_python, probe_env
 from edgepipe.errors import BenchmarkError
 from edgepipe.flops import count_flops, cpu_peak_gflops
+from edgepipe.runtime.atomic import scratch_dir
+from edgepipe.runtime.preprocess import read_image
 from edgepipe.runtime.session import METADATA_KEY, read_contract
 from edgepipe.runtime.specs import ArtifactMeta, Layout
 from edgepipe.sources import default_cache_dir
@@ -162,8 +164,8 @@ def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow
     probes: dict[str, dict] = {}
     torch_done: set[str] = set()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="edgepipe-bench-") as tmp:
-        shim = _import_shim(Path(tmp))
+    with scratch_dir("bench") as tmp:
+        shim = _import_shim(tmp)
         for info in infos:
             for target in (t for t in _TARGETS if t.ep in options.eps):
                 probe = probes.setdefault(target.env, probe_env(target.env, cache_dir))
@@ -192,8 +194,7 @@ def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow
 
 def _input_image(options: BenchOptions, cache_dir: Path) -> Path:
     if options.image is not None:
-        if not Path(options.image).is_file():
-            raise BenchmarkError(f"{options.image}: no such input image")
+        read_image(options.image)  # InputError now, in one line, rather than every cell failing on it
         return Path(options.image)
     from edgepipe.samples import sample_images
 

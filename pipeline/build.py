@@ -21,7 +21,7 @@ from edgepipe.models import get_spec, list_models
 from edgepipe.pareto import accuracy_points
 from edgepipe.quantize import QuantizeOptions, quantize
 from edgepipe.report import render_report
-from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.atomic import atomic_write, check_destination
 from edgepipe.runtime.preprocess import read_image
 from edgepipe.runtime.specs import Task
 from edgepipe.samples import sample_images
@@ -79,6 +79,7 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
         raise SpecError(f"--weights belongs to one model; name exactly one MODEL (got {len(names)})")
     for name in names:
         get_spec(name)  # fail on an unknown name before any work
+    check_destination(out_dir, folder=True)
     layouts = {Path(d): detect_layout(Path(d)) for d in data_dirs}
     artifacts: dict[str, Artifact] = {}
     # disable=None: a bar on a terminal only; a log would get its last line twice, and every redraw

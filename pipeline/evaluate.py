@@ -17,6 +17,7 @@ from edgepipe.errors import InputError, SpecError
 from edgepipe.metrics.coco import coco_map, read_coco
 from edgepipe.metrics.widerface import read_widerface_gt, widerface_ap
 from edgepipe.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
+from edgepipe.runtime.atomic import read_text
 from edgepipe.runtime.faces import face_chip, nearest_face
 from edgepipe.runtime.postprocess import embedding_distance
 from edgepipe.runtime.preprocess import read_image
@@ -169,6 +170,11 @@ def _coco_detection(detector: ObjectDetector, data_dir: Path, progress: bool) ->
     coco = read_coco(data_dir)
     category_of = {name: cid for cid, name in coco.categories.items()}  # our labels -> the data set's ids
     unmatched = sorted(set(detector.labels) - set(category_of))
+    if len(unmatched) == len(set(detector.labels)):
+        raise InputError(f"{coco.instances_path}: none of its categories ({', '.join(sorted(category_of)[:5])}"
+                         f"{', ...' if len(category_of) > 5 else ''}) is a label of {detector.model.meta.model_name} "
+                         f"({', '.join(detector.labels[:5])}{', ...' if len(detector.labels) > 5 else ''}): "
+                         "nothing could be scored")
     detections = []
     for image_id, path, _, _ in tqdm(coco.images, desc="detecting", unit="img", disable=None if progress else True):
         for det in detector.detect(read_image(path), score_thresh=EVAL_SCORE_FLOOR):
@@ -189,11 +195,13 @@ def _coco_detection(detector: ObjectDetector, data_dir: Path, progress: bool) ->
 def read_lfw_pairs(data_dir: Path) -> tuple[int, list[tuple[Path, Path, bool]]]:
     """Parse LFW `pairs.txt`: (number of folds, [(image_a, image_b, same_person)])."""
     path = data_dir / "pairs.txt"
-    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.split() for line in read_text(path).splitlines() if line.strip()]
     try:
         n_folds, per_fold = int(lines[0][0]), int(lines[0][1])
     except (IndexError, ValueError) as e:
         raise InputError(f"{path}:1: header must be '<folds> <pairs per fold>', got {' '.join(lines[0]) if lines else ''!r}") from e
+    if n_folds < 1 or per_fold < 1:
+        raise InputError(f"{path}:1: header must promise >= 1 fold of >= 1 pair, got {n_folds} {per_fold}")
 
     def image(name: str, number: str) -> Path:
         return data_dir / "images" / name / f"{name}_{int(number):04d}.jpg"

@@ -9,7 +9,6 @@ import inspect
 import json
 import logging
 import platform
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ from edgepipe.export_nms import NMS_OUTPUTS, GFLDecoded, with_nms
 from edgepipe.models import build, get_spec
 from edgepipe.models.registry import spec_of
 from edgepipe.parity import Parity, chips_for_parity, measure_parity
-from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.atomic import atomic_write, check_destination, scratch_dir
 from edgepipe.runtime.preprocess import read_image
 from edgepipe.runtime.specs import ArtifactMeta, Precision, Task
 from edgepipe.samples import sample_images
@@ -85,6 +84,7 @@ def export_onnx(
     if opset < 18:
         raise ExportError(f"opset must be >= 18 (the exporter cannot convert Pad below 18), got {opset}")
     spec = spec_of(name, weights)  # a training checkpoint brings its own labels
+    check_destination(out_dir, folder=True)  # before the export and parity work, not after
     model = build(name, cache_dir=cache_dir, weights=weights)
     out_dir = Path(out_dir)
     onnx_path = out_dir / f"{name}.fp32.onnx"
@@ -106,8 +106,8 @@ def export_onnx(
     proto = _finish(proto, meta)
     export_s = time.perf_counter() - started
     photos = [read_image(p) for p in (images or sample_images(cache_dir))]
-    with tempfile.TemporaryDirectory(prefix="edgepipe-export-") as tmp:
-        candidate = Path(tmp) / onnx_path.name
+    with scratch_dir("export") as tmp:
+        candidate = tmp / onnx_path.name
         onnx.save_model(proto, candidate)
         try:
             parity = _parity(model, candidate, meta, photos, cache_dir)
@@ -133,8 +133,8 @@ def _to_onnx(model: torch.nn.Module, meta: ArtifactMeta, opset: int,
              output_names: tuple[str, ...] | None = None) -> onnx.ModelProto:
     """Trace with the dynamo exporter, dynamic batch, weights inside."""
     dummy = torch.zeros((2, *_input_shape(meta)), dtype=torch.float32)
-    with tempfile.TemporaryDirectory(prefix="edgepipe-export-") as tmp:
-        path = Path(tmp) / "model.onnx"
+    with scratch_dir("export") as tmp:
+        path = tmp / "model.onnx"
         try:
             with _quiet_exporter():
                 torch.onnx.export(

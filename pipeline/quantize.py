@@ -9,7 +9,6 @@ import io
 import json
 import logging
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -36,7 +35,7 @@ from edgepipe.ort_quantization import (
 )
 from edgepipe.quantize_calib import ImageReader, calibration_inputs, list_images, quantized_nodes, rank_harmful_nodes
 from edgepipe.quantize_figures import compare_outputs, time_pair
-from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.atomic import atomic_write, check_destination, scratch_dir
 from edgepipe.runtime.session import load
 from edgepipe.runtime.specs import ArtifactMeta, Precision, Task
 from edgepipe.samples import sample_images
@@ -165,6 +164,7 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
         ArtifactError: `artifact` is not an edgepipe ONNX file.
     """
     target = _precision(precision)
+    check_destination(out_dir, folder=True)  # before calibration and evaluation, not after
     model = load(artifact)
     source = onnx.load(str(artifact))
     _require_float(artifact, model.meta, source)
@@ -181,8 +181,7 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
     inputs, input_names = calibration_inputs(meta, photos, size, seed=options.seed, detector=options.detector)
     out_path = Path(out_dir) / f"{meta.model_name}.{target.value}.onnx"
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgepipe-quant-") as tmp:
-        tmp = Path(tmp)
+    with scratch_dir("quant") as tmp:
         fp32_metric = _metric(Path(artifact), options) if options.eval_data is not None else None
         settings = {"precision": target.value, "source": str(artifact), "inputs_from": str(photos[0].parent)}
         if target == Precision.FP16:

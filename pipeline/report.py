@@ -4,14 +4,45 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from html import escape
 from pathlib import Path
 
 from edgepipe.pareto import AccuracyPoint
 from edgepipe.report_svg import bar_chart, line_chart, scatter_chart
 from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.errors import InputError
 
-__all__ = ["render_table", "render_report"]
+__all__ = ["render_table", "render_report", "read_bench_rows"]
+
+# What every row of `edgepipe bench --json` has, with the JSON type the report reads it as.
+_ROW_FIELDS = {"model": str, "precision": str, "ep": str, "threads": int, "batch": int, "status": str,
+               "machine": dict}
+
+
+def read_bench_rows(path: Path) -> list[dict]:
+    """The rows of an `edgepipe bench --json` file.
+
+    Raises:
+        InputError: unreadable, not JSON, not a non-empty list of rows, or a row without a field the report needs
+            (named, with the row's index).
+    """
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
+        raise InputError(f"{path}: not a readable JSON file ({e})") from e
+    if not isinstance(rows, list) or not rows:
+        found = "an empty list" if rows == [] else type(rows).__name__
+        raise InputError(f"{path}: expected the non-empty list of rows `edgepipe bench --json` writes, found {found}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise InputError(f"{path}: row {i} is a {type(row).__name__}, expected an object")
+        for field, kind in _ROW_FIELDS.items():
+            if not isinstance(row.get(field), kind) or isinstance(row.get(field), bool):
+                raise InputError(f"{path}: row {i} field {field!r} should be {kind.__name__}, "
+                                 f"found {row.get(field)!r}")
+    return rows
 
 _COLUMNS = ["model", "precision", "ep", "threads", "batch", "status", "latency_ms_p50", "latency_ms_p90",
             "latency_ms_p99", "throughput_ips", "peak_rss_mb", "session_create_ms", "first_inference_ms", "size_mb",

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from edgepipe.errors import InputError, SpecError
 from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer, ObjectDetector, load
-from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.atomic import atomic_write, check_destination
 from edgepipe.runtime.draw import check_image_path, draw_detections, draw_faces, draw_identities, encode_image
 from edgepipe.runtime.preprocess import IMAGE_SUFFIXES, read_image
 from edgepipe.runtime.specs import Task
@@ -74,8 +74,11 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
                  progress: bool = True) -> RunSummary:
     """Annotate an image (-> image), a folder of images (-> folder) or a video (-> mp4).
 
+    A folder's unreadable images are skipped: the others are written, then InputError names every one skipped.
+
     Raises:
-        InputError: the input is missing, not an image/video, has no frames, or the output cannot be written.
+        InputError: the input is missing, not an image/video, has no frames, some of a folder's images could not
+            be read, or the output cannot be written.
         ArtifactError: the artifact does not load.
     """
     input_path, out_path = Path(input_path), Path(out_path)
@@ -88,11 +91,19 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
         images = sorted(p for p in input_path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise InputError(f"{input_path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        total = 0
+        total, unreadable = 0, []
         for path in tqdm(images, desc="images", unit="img", disable=None if progress else True):
-            annotated, n = annotate(read_image(path))
+            try:
+                image = read_image(path)
+            except InputError as e:  # one bad photo does not cost the others: they are written, it is reported
+                unreadable.append(str(e))
+                continue
+            annotated, n = annotate(image)
             atomic_write(out_path / path.name, encode_image(annotated, path.suffix.lower()))
             total += n
+        if unreadable:
+            raise InputError(f"{len(unreadable)} of {len(images)} images could not be read (the other "
+                             f"{len(images) - len(unreadable)} are in {out_path}): {'; '.join(unreadable)}")
         return RunSummary("folder", len(images), total, time.perf_counter() - started, out_path)
     if input_path.suffix.lower() in VIDEO_SUFFIXES:
         return _run_video(annotate, input_path, out_path, progress, started)
@@ -104,15 +115,13 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
 def _check_out(input_path: Path, out_path: Path) -> None:
     """Refuse a destination that cannot take what `input_path` produces."""
     if input_path.is_dir():
-        if out_path.exists() and not out_path.is_dir():
-            raise InputError(f"{out_path}: is a file; a folder of images is written into a folder")
-        return
-    if input_path.suffix.lower() not in VIDEO_SUFFIXES:
+        check_destination(out_path, folder=True)
+    elif input_path.suffix.lower() not in VIDEO_SUFFIXES:
         check_image_path(out_path)
-    elif out_path.is_dir():
-        raise InputError(f"{out_path}: is a directory, expected a file name for the annotated result")
     elif out_path.suffix.lower() != ".mp4":
         raise InputError(f"{out_path}: a video is written as .mp4, got {out_path.suffix or 'no suffix'!r}")
+    else:
+        check_destination(out_path)
 
 
 def _run_video(annotate, input_path: Path, out_path: Path, progress: bool, started: float) -> RunSummary:

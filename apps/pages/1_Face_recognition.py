@@ -50,12 +50,13 @@ def enroll_ui(recognizer: FaceRecognizer) -> None:
     name = st.text_input("Name", key="enroll_name")
     photo = common.input_ui("enroll", "Photo of the person (the largest face is used)", allow_video=False, camera=True)
     if st.button("Enroll", key="enroll", disabled=photo is None or not name.strip()):
-        try:
-            recognizer.enroll(name, photo.image_rgb, source=photo.name)
+        try:  # embed first, then a locked read-modify-write: a CLI enrolling into the same file loses no one
+            _, embedding = recognizer.largest_face(photo.image_rgb, source=photo.name)
+            recognizer.gallery = FaceGallery.update(common.gallery_path(), lambda g: g.enroll(name, embedding),
+                                                    lambda: FaceGallery.for_embedder(recognizer.embedder))
         except EdgepipeError as e:
             st.error(str(e))
             return
-        recognizer.gallery.save(common.gallery_path())
         st.success(f"Enrolled {name.strip()} ({recognizer.gallery.count(name.strip())} photo(s))")
 
 
@@ -69,17 +70,17 @@ def manage_ui(gallery: FaceGallery) -> None:
     person = st.selectbox("Person", gallery.names, key="manage_person")
     new_name = st.text_input("New name", key="manage_new_name")
     rename, remove = st.columns(2)
-    try:
-        if rename.button("Rename", key="rename", disabled=not new_name.strip()):
-            gallery.rename(person, new_name)
-        elif remove.button("Remove", key="remove"):
-            gallery.remove(person)
-        else:
-            return
+    if rename.button("Rename", key="rename", disabled=not new_name.strip()):
+        change = lambda g: g.rename(person, new_name)  # noqa: E731
+    elif remove.button("Remove", key="remove"):
+        change = lambda g: g.remove(person)  # noqa: E731
+    else:
+        return
+    try:  # on the file as it is now (another tab or a CLI may have changed it), under its lock
+        FaceGallery.update(common.gallery_path(), change, lambda: gallery)
     except EdgepipeError as e:
         st.error(str(e))
         return
-    gallery.save(common.gallery_path())
     st.rerun()
 
 

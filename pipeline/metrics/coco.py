@@ -13,6 +13,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from edgepipe.runtime.atomic import read_text
 from edgepipe.runtime.errors import InputError
 
 __all__ = ["read_coco", "coco_map", "CocoSet"]
@@ -60,15 +61,16 @@ def read_coco(data_dir: str | Path) -> CocoSet:
         The set, with every listed image checked to exist.
 
     Raises:
-        InputError: instances.json is missing, is not JSON, lacks `images`/`annotations`/`categories`, has a
-            malformed image or category entry, or lists images that are not under images/.
+        InputError: instances.json is missing, is not UTF-8 JSON, lacks `images`/`annotations`/`categories`, has
+            no images or no annotations, has a malformed image, category or annotation entry (a box of width or
+            height <= 0 included), or lists images that are not under images/.
     """
     data_dir = Path(data_dir)
     path = data_dir / "instances.json"
     if not path.is_file():
         raise InputError(f"{path}: no such annotation file; expected a COCO folder (images/ + instances.json)")
     try:
-        dataset = json.loads(path.read_text())
+        dataset = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
     if not isinstance(dataset, dict):
@@ -78,6 +80,8 @@ def read_coco(data_dir: str | Path) -> CocoSet:
         raise InputError(f"{path}: missing or non-list keys {absent}; "
                          f"a COCO instances json needs {list(_REQUIRED_KEYS)}")
     images = tuple(_image_row(path, data_dir / "images", k, entry) for k, entry in enumerate(dataset["images"]))
+    if not images:
+        raise InputError(f"{path}: 'images' is empty; there is nothing to evaluate")
     missing = [row[1] for row in images if not row[1].is_file()]
     if missing:
         raise InputError(f"{path}: {len(missing)} of {len(images)} listed images are missing, first: {missing[0]}")
@@ -85,7 +89,31 @@ def read_coco(data_dir: str | Path) -> CocoSet:
         categories = {int(c["id"]): str(c["name"]) for c in dataset["categories"]}
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{path}: every entry of 'categories' needs an integer 'id' and a 'name' ({e!r})") from e
+    _check_annotations(path, dataset["annotations"], {row[0] for row in images}, categories)
     return CocoSet(path, images, categories)
+
+
+def _check_annotations(path: Path, annotations: list, image_ids: set[int], categories: dict[int, str]) -> None:
+    """Refuse what pycocotools would score silently as wrong: no boxes at all, or boxes it cannot match."""
+    if not annotations:
+        raise InputError(f"{path}: 'annotations' is empty; there is no ground truth to score against")
+    bad: list[str] = []
+    for k, ann in enumerate(annotations):
+        try:
+            box = [float(v) for v in ann["bbox"]]
+            problem = ("bbox is not [x, y, w, h]" if len(box) != 4 else
+                       "bbox is not finite" if not np.isfinite(box).all() else
+                       "bbox width or height <= 0" if box[2] <= 0 or box[3] <= 0 else
+                       f"image_id {ann['image_id']!r} is not in 'images'" if ann["image_id"] not in image_ids else
+                       f"category_id {ann['category_id']!r} is not in 'categories'"
+                       if ann["category_id"] not in categories else "")
+        except (KeyError, TypeError, ValueError):
+            problem = "needs 'image_id', 'category_id' and a numeric 'bbox'"
+        if problem:
+            bad.append(f"annotations[{k}]: {problem}")
+    if bad:
+        raise InputError(f"{path}: {len(bad)} of {len(annotations)} annotations are malformed, first "
+                         f"{bad[0]}")
 
 
 def _image_row(path: Path, images_dir: Path, index: int, entry) -> tuple[int, Path, int, int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepipe.runtime.atomic import read_text
 from edgepipe.runtime.errors import InputError
 from edgepipe.runtime.postprocess import box_iou
 
@@ -45,7 +46,7 @@ def read_widerface_gt(data_dir: str | Path) -> list[WiderImage]:
     gt_path = data_dir / "gt.txt"
     if not gt_path.is_file():
         raise InputError(f"{gt_path}: no such ground-truth file; expected a WIDER FACE folder (images/ + gt.txt)")
-    lines = [(n, line.split()) for n, line in enumerate(gt_path.read_text().splitlines(), 1) if line.strip()]
+    lines = [(n, line.split()) for n, line in enumerate(read_text(gt_path).splitlines(), 1) if line.strip()]
     if not lines:
         raise InputError(f"{gt_path}: empty; expected WIDER FACE ground truth (image path, face count, boxes)")
     images, first_line, pos = [], {}, 0

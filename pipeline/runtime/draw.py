@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgepipe.runtime.atomic import check_destination
 from edgepipe.runtime.errors import InputError
 
 __all__ = ["draw_faces"]
@@ -55,13 +56,12 @@ def check_image_path(path: Path) -> None:
     """Refuse, before any work, an output image path this module cannot write (no suffix: written as JPEG).
 
     Raises:
-        InputError: a suffix OpenCV cannot encode, or a path that is a directory.
+        InputError: a suffix OpenCV cannot encode, a path that is a directory, or a folder that cannot be written.
     """
     if path.suffix and path.suffix.lower() not in ENCODABLE_SUFFIXES:
         raise InputError(f"{path}: cannot write an image as {path.suffix!r}; expected one of "
                          f"{', '.join(ENCODABLE_SUFFIXES)}")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a file name for the annotated result")
+    check_destination(path)
 
 
 def encode_image(image_rgb: np.ndarray, suffix: str = ".jpg") -> bytes:

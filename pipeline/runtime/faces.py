@@ -17,7 +17,7 @@ from edgepipe.runtime.atomic import atomic_write, locked
 from edgepipe.runtime.enums import Task
 from edgepipe.runtime.errors import ArtifactError, InputError
 from edgepipe.runtime.postprocess import embedding_distance
-from edgepipe.runtime.preprocess import align_face, prepare, to_input
+from edgepipe.runtime.preprocess import align_face, as_rgb, prepare, to_input
 from edgepipe.runtime.results import Face, InputMapping
 from edgepipe.runtime.session import Model, load
 from edgepipe.runtime.specs import EmbeddingHead
@@ -73,7 +73,9 @@ class FaceDetector:
         return cls(load(path, **load_options))
 
     def detect(self, image_rgb: np.ndarray, score_thresh: float | None = None) -> list[Face]:
+        """Faces in source pixels, best first; the image is anything `preprocess.as_rgb` takes."""
         meta = self.model.meta
+        image_rgb = as_rgb(image_rgb)
         batch, scale_xy = prepare(image_rgb, meta.input)
         return meta.head.decode(self.model.run(batch), meta, scale_xy, image_rgb.shape[:2], score_thresh)
 
@@ -85,6 +87,7 @@ class FaceDetector:
         face unchanged if refinement is off or the face is lost in the crop.
         """
         meta = self.model.meta
+        image_rgb = as_rgb(image_rgb)
         crop_scale = getattr(meta.head, "refine_crop_scale", 0.0)  # a head without one has no second pass
         if crop_scale <= 0:
             return face
@@ -121,9 +124,11 @@ class FaceEmbedder:
         """Embed already-aligned RGB chips: (N, D) float32."""
         if not len(chips_rgb):
             return np.zeros((0, self.head.dim), np.float32)
-        return self.model.run(to_input(chips_rgb, self.model.meta.input))[0]
+        chips = [as_rgb(chip, f"chip {i}") for i, chip in enumerate(chips_rgb)]
+        return self.model.run(to_input(chips, self.model.meta.input))[0]
 
     def embed(self, image_rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
+        image_rgb = as_rgb(image_rgb)
         return self.embed_chips([face_chip(image_rgb, face, self.head) for face in faces])
 
 
@@ -263,6 +268,7 @@ class FaceRecognizer:
 
     def largest_face(self, image_rgb: np.ndarray, source: str = "image") -> tuple[Face, np.ndarray]:
         """The largest face of `image_rgb` (keypoints refined) and its (1, D) embedding; InputError if none."""
+        image_rgb = as_rgb(image_rgb, source)
         faces = self.detector.detect(image_rgb)
         if not faces:
             raise InputError(f"no face found in {source}")
@@ -271,6 +277,7 @@ class FaceRecognizer:
 
     def identify(self, image_rgb: np.ndarray, threshold: float | None = None) -> list[tuple[Face, Match]]:
         """Every face in the image with who it is (name None = unknown), best detection first."""
+        image_rgb = as_rgb(image_rgb)
         faces = [self.detector.refine(image_rgb, face) for face in self.detector.detect(image_rgb)]
         matches = self.gallery.identify(self.embedder.embed(image_rgb, faces), threshold) if faces else []
         return list(zip(faces, matches))

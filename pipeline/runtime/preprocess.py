@@ -1,11 +1,14 @@
 """Pure numpy/opencv pre-processing shared by the ONNX runtime and the PyTorch reference path.
 
-Images are uint8 HWC **RGB** everywhere in the runtime API; `to_input` converts to the colour order and
-layout the model's `InputSpec` asks for.
+Images are uint8 HWC **RGB** everywhere in the runtime API; `as_rgb` is how the public functions take what an
+OpenCV user has (grey, RGBA) and refuse the rest; `to_input` converts to the colour order and layout the model's
+`InputSpec` asks for. Image files are refused above `MAX_PIXELS` (read from the header, before decoding).
 """
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 
 import cv2
@@ -15,9 +18,40 @@ from edgepipe.runtime.errors import InputError
 from edgepipe.runtime.results import InputMapping
 from edgepipe.runtime.specs import Color, InputSpec, Layout, Resize
 
-__all__ = ["read_image", "to_input", "align_face"]
+__all__ = ["read_image", "decode_image", "as_rgb", "to_input", "align_face", "MAX_PIXELS"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Decoding a 30000x30000 PNG of 2.6 MB takes 5.3 GB: a file that claims more pixels than this is refused before it is
+# decoded (100 MP is a 12000x8000 photo, beyond any phone's). `edgepipe --max-pixels N` (which sets
+# `EDGEPIPE_MAX_PIXELS` for its subprocesses too) or assigning this module attribute raises it.
+MAX_PIXELS = int(os.environ.get("EDGEPIPE_MAX_PIXELS", 100_000_000))
+
+
+def as_rgb(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """The uint8 HWC RGB image the runtime works on, from what an OpenCV/numpy user passes.
+
+    Takes (H, W, 3) RGB as is, (H, W) or (H, W, 1) grey (repeated to three channels) and (H, W, 4) RGBA (alpha
+    dropped; a BGRA array from `cv2.imread(..., IMREAD_UNCHANGED)` wants `cv2.cvtColor(a, cv2.COLOR_BGRA2RGB)`
+    first, as BGR wants `COLOR_BGR2RGB`).
+
+    Raises:
+        InputError: not a numpy array, not uint8, an empty image, or a shape that is no image.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"{what}: expected a numpy uint8 array (H, W, 3) RGB, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise InputError(f"{what}: expected uint8 pixels 0-255, got dtype {image.dtype} (convert with "
+                         "np.clip(a, 0, 255).astype(np.uint8))")
+    channels = 1 if image.ndim == 2 else image.shape[-1] if image.ndim == 3 else 0
+    if channels not in (1, 3, 4):
+        raise InputError(f"{what}: expected (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"{what}: is empty ({image.shape[1]}x{image.shape[0]} pixels)")
+    if channels == 3:
+        return image
+    if channels == 4:
+        return np.ascontiguousarray(image[..., :3])
+    return cv2.cvtColor(np.ascontiguousarray(image.reshape(image.shape[:2])), cv2.COLOR_GRAY2RGB)
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -41,9 +75,56 @@ def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
                    f"{name}: could not be decoded as an image (empty, truncated or not an image)")
 
 
+def _header_size(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, GIF, BMP, WebP or JPEG header, or None if the format is not one of these."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:2] == b"BM" and len(head) >= 26:
+        width, height = struct.unpack("<ii", head[18:26])
+        return abs(width), abs(height)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and len(head) >= 30:
+        if head[12:16] == b"VP8X":
+            return 1 + int.from_bytes(head[24:27], "little"), 1 + int.from_bytes(head[27:30], "little")
+        if head[12:16] == b"VP8 ":
+            width, height = struct.unpack("<HH", head[26:30])
+            return width & 0x3FFF, height & 0x3FFF
+        if head[12:16] == b"VP8L" and len(head) >= 25:
+            bits = int.from_bytes(head[21:25], "little")
+            return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_size(head)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the first start-of-frame marker, or None if it is not in `data`."""
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[i + 5:i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
 def _decode(buffer: np.ndarray, error: str) -> np.ndarray:
-    """Encoded bytes -> uint8 HWC RGB, or InputError(error)."""
-    image_bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    """Encoded bytes -> uint8 HWC RGB, or InputError(error); refuses images over MAX_PIXELS before decoding."""
+    size = _header_size(buffer[:1 << 18].tobytes())
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        name = error.split(": ", 1)[0]
+        raise InputError(f"{name}: {size[0]}x{size[1]} is {size[0] * size[1] / 1e6:.0f} megapixels, over the "
+                         f"{MAX_PIXELS / 1e6:g} MP limit (a decompression bomb?); raise it with --max-pixels")
+    try:
+        image_bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    except cv2.error:  # e.g. over OpenCV's own pixel limit, in a format whose header is not read above
+        image_bgr = None
     if image_bgr is None:
         raise InputError(error)
     return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
@@ -161,6 +242,6 @@ def align_face(image_hwc: np.ndarray, keypoints_xy: np.ndarray, template_xy: np.
 
 
 def prepare(image_rgb: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, InputMapping]:
-    """One RGB image -> ((1, ...) model input, the mapping from source to input pixels)."""
-    resized, mapping = resize_to_input(image_rgb, spec)
+    """One image (anything `as_rgb` takes) -> ((1, ...) model input, the mapping from source to input pixels)."""
+    resized, mapping = resize_to_input(as_rgb(image_rgb), spec)
     return to_input([resized], spec), mapping

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgepipe.runtime.errors import ArtifactError
-from edgepipe.runtime.specs import ArtifactMeta
+from edgepipe.runtime.specs import ArtifactMeta, Layout
 
 __all__ = ["load", "Model", "read_contract"]
 
@@ -46,7 +46,28 @@ def read_contract(metadata: Mapping[str, str], path: str | Path) -> ArtifactMeta
     """
     if METADATA_KEY not in metadata:
         raise ArtifactError(f"{path}: has no edgepipe metadata (key {METADATA_KEY!r}); export it with `edgepipe export`")
-    return ArtifactMeta.from_json(metadata[METADATA_KEY])
+    try:
+        return ArtifactMeta.from_json(metadata[METADATA_KEY])
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {e}") from e
+
+
+_ORT_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)"}
+
+
+def _check_input(graph_input, meta: ArtifactMeta, path: Path) -> None:
+    """Refuse a contract whose input size, layout or dtype the graph's input cannot take (its fixed dims)."""
+    channels, height, width = meta.input.shape_chw
+    expected = (channels, height, width) if meta.input.layout == Layout.NCHW else (height, width, channels)
+    dims = list(graph_input.shape)
+    fixed = [d if isinstance(d, int) else None for d in dims[1:]]
+    if len(dims) != 4 or any(d is not None and d != e for d, e in zip(fixed, expected)):
+        shown = "x".join(str(d) if isinstance(d, int) else "?" for d in dims)
+        raise ArtifactError(f"{path}: graph input {graph_input.name!r} is {shown} but the contract says "
+                            f"{meta.input.layout.value} {'x'.join(map(str, expected))} (after the batch)")
+    if graph_input.type != _ORT_TYPES[meta.input.dtype]:
+        raise ArtifactError(f"{path}: graph input {graph_input.name!r} is {graph_input.type} but the contract says "
+                            f"{meta.input.dtype}")
 
 
 def load(
@@ -90,4 +111,5 @@ def load(
     missing = [name for name in meta.head.outputs if name not in outputs]
     if missing:
         raise ArtifactError(f"{path}: graph lacks the outputs {missing} its contract names")
+    _check_input(session.get_inputs()[0], meta, path)
     return Model(path=path, meta=meta, session=session, providers=session.get_providers())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -45,6 +46,8 @@ class InputSpec:
                f"InputSpec.shape_chw must be 3 positive ints, got {self.shape_chw!r}")
         check(self.shape_chw[0] == 3, f"InputSpec.shape_chw must have 3 channels, got {self.shape_chw[0]}")
         check(len(self.mean) == 3 and len(self.std) == 3, f"mean/std need 3 values, got {self.mean!r}/{self.std!r}")
+        check(all(math.isfinite(v) for v in (*self.mean, *self.std, self.pad_value)),
+              f"InputSpec.mean, std and pad_value must be finite, got {self.mean!r}/{self.std!r}/{self.pad_value!r}")
         check(all(s > 0 for s in self.std), f"InputSpec.std must be > 0, got {self.std!r}")
         check(self.dtype in INPUT_DTYPES, f"InputSpec.dtype must be one of {INPUT_DTYPES}, got {self.dtype!r}")
         check(self.dtype != "uint8" or (tuple(self.mean) == (0, 0, 0) and tuple(self.std) == (1, 1, 1)),
@@ -101,7 +104,7 @@ class ArtifactMeta:
             return _from_plain(cls, raw)
         except ArtifactError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:  # Overflow: int(inf)
             raise ArtifactError(f"malformed edgepipe metadata: {e}") from e
 
 

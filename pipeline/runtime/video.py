@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edgepipe.runtime.atomic import publish
+from edgepipe.runtime.atomic import partial_file, publish
 from edgepipe.runtime.errors import InputError
 
 __all__ = ["open_video", "VideoOut"]
@@ -45,17 +43,12 @@ def read_frames(capture: cv2.VideoCapture):
 
 
 class VideoOut:
-    """An mp4 writer that only appears at `path` when closed without error (use as a context manager)."""
+    """An mp4 writer that only appears at `path` when closed without error (use as a context manager); until then
+    it is `<name>.partial-<pid>-<random>.mp4` beside it."""
 
     def __init__(self, path: str | Path, fps: float, size_wh: tuple[int, int]):
         self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mp4", dir=self.path.parent)
-        except OSError as e:
-            raise InputError(f"{self.path.parent}: cannot write there ({e.strerror or e})") from e
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._tmp = partial_file(self.path, ".mp4")  # the suffix tells opencv the container
         self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, size_wh)
         if not self._writer.isOpened():
             self._tmp.unlink(missing_ok=True)

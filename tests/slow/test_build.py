@@ -27,7 +27,7 @@ def test_build_exports_evaluates_and_summarises_every_model(shared_data, cache_d
     latency = json.loads((tmp_path / "dlib_resnet29.facerec.fp32.json").read_text())["face_pipeline_latency"]
     assert latency["per_face_ms_p50"] > 0 and latency["machine"]["cpu"]
     assert json.loads((tmp_path / "nanodet_g.coco.fp32.json").read_text())["detector_latency"]["image_ms_p50"] > 0
-    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+    assert not list(tmp_path.rglob("*.partial-*"))  # no temporary files left behind
     rows = json.loads((tmp_path / "report" / "bench.json").read_text())
     assert {r["ep"] for r in rows} >= {"cpu", "torch", "opencv-dnn"} and all(r["status"] == "ok" for r in rows)
     html = (tmp_path / "report" / "report.html").read_text()

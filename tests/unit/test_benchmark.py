@@ -21,8 +21,7 @@ from edgepipe.errors import BenchmarkError
 from edgepipe.flops import count_flops, cpu_peak_gflops
 from edgepipe.pareto import accuracy_points, pareto_front
 from edgepipe.report import render_report, render_table
-from edgepipe.runtime.session import METADATA_KEY
-from edgepipe.runtime.specs import ArtifactMeta, EmbeddingHead, InputSpec, Precision, Resize, Task
+from tests.support.tiny import tiny_embedder
 
 
 def _model(nodes, inputs, outputs, initializers=()) -> onnx.ModelProto:
@@ -106,19 +105,7 @@ def test_row_to_dict_is_plain_json():
 
 
 def _tiny_artifact(tmp_path: Path) -> Path:
-    """A Conv + global pool 'embedder' carrying a real edgepipe contract, with a dynamic batch."""
-    meta = ArtifactMeta(model_name="tiny_embed.test", task=Task.FACE_EMBEDDING, precision=Precision.FP32,
-                        input=InputSpec((3, 16, 16), resize=Resize.ALIGNED_CHIP),
-                        head=EmbeddingHead(dim=4, chip_size=16))
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
-             helper.make_node("GlobalAveragePool", ["c"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["embedding"])]
-    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
-    model = _model(nodes, [_input("x", ["batch", 3, 16, 16])], [_input("embedding", ["batch", 4])], [weight])
-    model.metadata_props.add(key=METADATA_KEY, value=meta.to_json())
-    path = tmp_path / "tiny_embed.test.fp32.onnx"
-    onnx.save(model, path)
-    return path
+    return tiny_embedder(tmp_path / "tiny_embed.test.fp32.onnx")
 
 
 def _image(tmp_path: Path) -> Path:

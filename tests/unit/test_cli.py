@@ -1,5 +1,6 @@
 """CLI parsing: every command's --help works, flags map to options, unknown flags fail with exit 2."""
 
+import json
 import math
 import subprocess
 
@@ -8,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgepipe.cli import _parser, main
+from tests.support.tiny import png_claiming, tiny_embedder
 
 COMMANDS = [["zoo", "list"], ["export"], ["build"], ["eval"], ["quantize"], ["bench"], ["report"], ["env", "create"],
             ["demo"], ["run"], ["faces", "enroll"], ["faces", "identify"], ["train"], ["split"]]
@@ -92,3 +94,51 @@ def test_an_output_name_that_cannot_be_written_is_refused_before_any_work(argv, 
     assert main(["--cache-dir", str(tmp_path), *argv]) == 2  # the gallery and models do not even exist
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def _one_error_line(capsys, code: int, expected: str) -> None:
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("edgepipe: error:"), err
+    assert expected in err, err
+
+
+def test_destinations_are_checked_before_any_work(tmp_path, capsys):
+    artifact = tiny_embedder(tmp_path / "tiny.onnx")
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    _one_error_line(capsys, main(["export", "blazeface_front.mediapipe", "--out", str(taken)]), "is a file; expected")
+    _one_error_line(capsys, main(["quantize", str(artifact), "--precision", "fp16", "--out", str(taken)]),
+                    "is a file; expected a folder")
+    _one_error_line(capsys, main(["eval", str(artifact), "--data", str(tmp_path), "--json", "/proc/x/e.json"]),
+                    "/proc/x/e.json: cannot be written")
+    _one_error_line(capsys, main(["bench", str(artifact), "--json", str(tmp_path)]), "is a directory")
+    _one_error_line(capsys, main(["report", str(taken), "--out", str(taken)]), "is a file; expected a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken", "tiny.onnx"]
+
+
+def test_bench_refuses_an_input_that_is_no_image_before_timing_anything(tmp_path, capsys):
+    text = tmp_path / "text.jpg"
+    text.write_text("not a photo")
+    artifact = tiny_embedder(tmp_path / "tiny.onnx")
+    _one_error_line(capsys, main(["bench", str(artifact), "--image", str(text), "--json", str(tmp_path / "b.json")]),
+                    "text.jpg: could not be decoded as a .jpg image")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_claiming(20_000, 20_000))
+    _one_error_line(capsys, main(["bench", str(artifact), "--image", str(bomb), "--json", str(tmp_path / "b.json")]),
+                    "20000x20000 is 400 megapixels, over the 100 MP limit")
+    _one_error_line(capsys, main(["--max-pixels", "500000000", "bench", str(artifact), "--image", str(bomb), "--json",
+                                  str(tmp_path / "b.json")]), "bomb.png: could not be decoded")
+    assert not (tmp_path / "b.json").exists()
+
+
+@pytest.mark.parametrize("rows, expected", [
+    ([], "found an empty list"),
+    ({"model": "x"}, "found dict"),
+    ([{"model": "m", "precision": "fp32", "ep": "cpu", "threads": "1", "batch": 1, "status": "ok", "machine": {}}],
+     "row 0 field 'threads' should be int, found '1'"),
+])
+def test_report_refuses_what_bench_did_not_write(tmp_path, capsys, rows, expected):
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(rows))
+    _one_error_line(capsys, main(["report", str(path), "--out", str(tmp_path / "report")]), expected)
+    assert not (tmp_path / "report").exists()

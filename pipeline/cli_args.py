@@ -1,0 +1,81 @@
+"""Argument helpers shared by the CLI's command modules: where artifacts are by default, and argparse types that
+refuse bad numbers where they enter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+__all__ = ["FACE_DETECTOR", "EMBEDDER", "artifact_dir", "face_detector", "score", "distance", "ints", "read_json",
+           "images"]
+
+
+def artifact_dir(args) -> Path:
+    """CACHE/artifacts: where `build` writes by default and the face commands look for their models."""
+    from edgepipe.sources import default_cache_dir
+
+    return Path(args.cache_dir or default_cache_dir()) / "artifacts"
+
+
+FACE_DETECTOR = "blazeface_back.mediapipe.fp32.onnx"  # aligns faces for an embedder
+EMBEDDER = "dlib_resnet29.facerec.fp32.onnx"
+
+
+def face_detector(args, beside: str | Path | None) -> Path | None:
+    """--detector, else the face detector beside the artifact that needs it (the folder `build`/`export --out`
+    wrote both into), else the one in CACHE/artifacts; None when there is none."""
+    if args.detector:
+        return Path(args.detector)
+    folders = ([Path(beside).parent] if beside else []) + [artifact_dir(args)]
+    return next((folder / FACE_DETECTOR for folder in folders if (folder / FACE_DETECTOR).is_file()), None)
+
+
+def score(text: str) -> float:
+    """A score threshold: a finite number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise argparse.ArgumentTypeError(f"expected a score in [0, 1], got {text!r}")
+    return value
+
+
+def distance(text: str) -> float:
+    """A match threshold: a finite distance > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0.0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite distance > 0, got {text!r}")
+    return value
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def read_json(path: Path):
+    from edgepipe.runtime import InputError
+
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
+        raise InputError(f"{path}: not a readable JSON file ({e})") from e
+
+
+def images(folder: str | None) -> list[Path] | None:
+    if folder is None:
+        return None
+    from edgepipe.runtime import InputError
+    from edgepipe.runtime.preprocess import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return paths

@@ -1,0 +1,130 @@
+"""`edgepipe run`, `edgepipe faces enroll|identify` and `edgepipe demo`: the commands that use artifacts on photos
+and videos (see `edgepipe.cli`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from edgepipe.cli_args import EMBEDDER, FACE_DETECTOR, artifact_dir, distance, face_detector, score
+
+__all__ = ["add_face_commands"]
+
+
+def _recognizer(args, gallery_must_exist: bool):
+    from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer
+
+    embedder_path = Path(args.embedder) if args.embedder else artifact_dir(args) / EMBEDDER
+    detector_path = face_detector(args, embedder_path) or artifact_dir(args) / FACE_DETECTOR
+    detector, embedder = FaceDetector.from_path(detector_path), FaceEmbedder.from_path(embedder_path)
+    gallery = FaceGallery.load(args.gallery) if gallery_must_exist or Path(args.gallery).exists() else None
+    return FaceRecognizer(detector, embedder, gallery)
+
+
+def _cmd_faces_enroll(args) -> int:
+    from edgepipe.runtime import FaceGallery, read_image
+
+    recognizer = _recognizer(args, gallery_must_exist=False)
+    # Every image is read and embedded before the gallery changes; the change itself is a locked read-modify-write,
+    # so enrollments running at the same time into one gallery all stay.
+    embeddings = [recognizer.largest_face(read_image(path), source=str(path))[1] for path in args.images]
+
+    def add(gallery: FaceGallery) -> None:
+        for embedding in embeddings:
+            gallery.enroll(args.name, embedding)
+
+    gallery = FaceGallery.update(args.gallery, add, lambda: FaceGallery.for_embedder(recognizer.embedder))
+    print(f"enrolled {args.name!r} from {len(args.images)} image(s); {args.gallery} now holds "
+          f"{len(gallery.names)} {'person' if len(gallery.names) == 1 else 'people'}")
+    return 0
+
+
+def _cmd_faces_identify(args) -> int:
+    from edgepipe.runtime import InputError, read_image
+    from edgepipe.runtime.atomic import atomic_write
+    from edgepipe.runtime.draw import check_image_path, draw_identities, encode_image
+
+    if args.out:
+        check_image_path(Path(args.out))
+    recognizer = _recognizer(args, gallery_must_exist=True)
+    image = read_image(args.image)
+    results = recognizer.identify(image, args.threshold)
+    if not results:
+        raise InputError(f"no face found in {args.image}")
+    annotated, labels = draw_identities(image, results)
+    for (face, _), label in zip(results, labels):
+        print(f"{label}  box={[round(float(v)) for v in face.box_xyxy]}  score={face.score:.2f}")
+    if args.out:
+        atomic_write(args.out, encode_image(annotated, Path(args.out).suffix or ".jpg"))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from edgepipe.run import run_artifact
+
+    detector = face_detector(args, args.artifact) if args.gallery else None
+    summary = run_artifact(args.artifact, args.input, args.out, score_thresh=args.score_thresh,
+                           gallery=args.gallery, detector=detector)
+    print(f"{summary.kind}: {summary.items} {'frames' if summary.kind == 'video' else 'image(s)'}, "
+          f"{summary.detections} detections, {summary.fps:.1f} per second; wrote {summary.out}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    """Hand over to Streamlit; flags after `demo` go to `streamlit run` unchanged."""
+    import importlib.util
+    import subprocess
+
+    from edgepipe import apps
+
+    if importlib.util.find_spec("streamlit") is None:  # say so here, not in a traceback from the subprocess
+        raise ModuleNotFoundError("No module named 'streamlit'", name="streamlit")
+    app = Path(apps.__file__).with_name("Home.py")  # installed with the package, so a wheel install has it too
+    env = dict(os.environ, **({"EDGEPIPE_CACHE": str(args.cache_dir)} if args.cache_dir else {}))
+    env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")  # no telemetry from a local demo
+    env.setdefault("STREAMLIT_SERVER_MAX_UPLOAD_SIZE", "25")  # MB: the uploader shows the limit the pages enforce
+    env.setdefault("STREAMLIT_CLIENT_TOOLBAR_MODE", "minimal")  # no "Deploy" button or developer menu in a demo
+    # The demo holds a face gallery: it listens on this machine only, unless --server.address says otherwise (a
+    # flag beats the environment in Streamlit), and so never looks up an external address to print.
+    env.setdefault("STREAMLIT_SERVER_ADDRESS", "127.0.0.1")
+    return subprocess.call([sys.executable, "-m", "streamlit", "run", str(app), *args.streamlit_flags], env=env)
+
+
+def add_face_commands(sub) -> None:
+    """Register `run`, `faces` and `demo` on the top-level subparsers."""
+    run = sub.add_parser("run", help="annotate an image, a folder of images or a video with an artifact's results")
+    run.add_argument("artifact", help="a detector (.onnx), or a face embedder with --gallery")
+    run.add_argument("input", help="image, folder of images, or video (.mp4 .avi .mov .mkv .webm .m4v); a "
+                     "folder's unreadable images are skipped, the rest written, and each named (exit 2)")
+    run.add_argument("--out", required=True, help="annotated image, folder, or .mp4 for a video")
+    run.add_argument("--score-thresh", type=score, help="minimum score in [0, 1] (default: the artifact's)")
+    run.add_argument("--gallery", type=Path, help="face gallery, to name people with a face embedder")
+    run.add_argument("--detector", type=Path, help="face detector artifact used with --gallery (default: "
+                     f"{FACE_DETECTOR} beside ARTIFACT, else in CACHE/artifacts)")
+    run.set_defaults(func=_cmd_run)
+
+    faces = sub.add_parser("faces", help="enroll and identify people").add_subparsers(dest="faces_command", required=True)
+    for name, func, text in (("enroll", _cmd_faces_enroll, "add a person's face(s) to a gallery file"),
+                             ("identify", _cmd_faces_identify, "name every face in an image")):
+        p = faces.add_parser(name, help=text)
+        p.add_argument("gallery", help="gallery JSON file (created by enroll)")
+        if name == "enroll":
+            p.add_argument("name", help="the person's name")
+            p.add_argument("images", nargs="+", help="photos of the person (the largest face in each is used)")
+        else:
+            p.add_argument("image", help="photo to identify faces in")
+            p.add_argument("--out", help="write the annotated image here (.jpg or .png)")
+            p.add_argument("--threshold", type=distance, help="match distance > 0 (default: the gallery's)")
+        p.add_argument("--detector", help=f"face detector artifact (default: {FACE_DETECTOR} beside the embedder, "
+                       "else in CACHE/artifacts)")
+        p.add_argument("--embedder", help=f"face embedder artifact (default: CACHE/artifacts/{EMBEDDER})")
+        p.set_defaults(func=func)
+    demo = sub.add_parser("demo", help="the Streamlit demo: face recognition, object detection, model lab; extra "
+                          "flags go to `streamlit run` (e.g. --server.port 8601 --server.headless true)",
+                          description="Open the Streamlit demo (face recognition, object detection, model lab) over "
+                          "the artifacts in CACHE/artifacts, or $EDGEPIPE_ARTIFACTS. Every flag after `demo` goes to "
+                          "`streamlit run` unchanged: --server.port PORT, --server.headless true, ... (see "
+                          "`streamlit run --help`); app flags follow a `--`: -- --artifacts DIR --gallery FILE. "
+                          "Needs the 'demo' extra.")
+    demo.set_defaults(func=_cmd_demo)
