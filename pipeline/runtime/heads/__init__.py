@@ -10,7 +10,9 @@ from edgepipe.runtime.heads.base import Head, QuantDefaults
 from edgepipe.runtime.heads.blazeface import BlazeFaceHead
 from edgepipe.runtime.heads.embedding import EmbeddingHead
 from edgepipe.runtime.heads.gfl import GFLHead
+from edgepipe.runtime.heads.yunet import YuNetHead
 
-HEADS: dict[str, type] = {"blazeface": BlazeFaceHead, "embedding": EmbeddingHead, "gfl": GFLHead}
+HEADS: dict[str, type] = {"blazeface": BlazeFaceHead, "embedding": EmbeddingHead, "gfl": GFLHead,
+                          "yunet": YuNetHead}
 
-__all__ = ["HEADS", "Head", "QuantDefaults", "BlazeFaceHead", "EmbeddingHead", "GFLHead"]
+__all__ = ["HEADS", "Head", "QuantDefaults", "BlazeFaceHead", "EmbeddingHead", "GFLHead", "YuNetHead"]
