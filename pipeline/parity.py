@@ -129,11 +129,11 @@ def _detector_parity(torch_model, model, images_rgb) -> FaceDetectorParity:
         batch, scale = prepare(image, meta.input)
         ref, got = _torch_run(torch_model, batch), model.run(batch)
         raw = max(raw, *(float(np.abs(a - b).max()) for a, b in zip(ref, got)))
-        # Background anchors reach logits of ~1e4, where one float32 step is ~1e-3: judge the anchors that can
-        # become detections (sigmoid >= LIVE_SCORE in the reference).
-        rows = 1.0 / (1.0 + np.exp(-np.clip(ref[0][0, :, 0], -80, 80))) >= LIVE_SCORE  # (A,)
-        if rows.any():
-            live = max(live, *(float(np.abs(a[0][rows] - b[0][rows]).max()) for a, b in zip(ref, got)))
+        # Background anchors can reach logits of ~1e4, where one float32 step is ~1e-3: judge the rows that can
+        # become detections (the head's score >= LIVE_SCORE in the reference).
+        masks = meta.head.live_rows(ref, LIVE_SCORE)  # one (rows,) mask per output
+        if any(m.any() for m in masks):
+            live = max(live, *(float(np.abs(a[0][m] - b[0][m]).max()) for a, b, m in zip(ref, got, masks) if m.any()))
         ref_faces = meta.head.decode(ref, meta, scale, image.shape[:2])
         got_faces = meta.head.decode(got, meta, scale, image.shape[:2])
         n_faces += len(ref_faces)

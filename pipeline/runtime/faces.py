@@ -37,14 +37,39 @@ class Match:
     nearest: str | None  # the closest enrolled name, even when over the threshold
 
 
+# Keypoints some detectors give and others derive: the mouth centre is the middle of its corners.
+_DERIVED = {"mouth": ("mouth_right", "mouth_left")}
+_REQUIRED = ("right_eye", "left_eye")  # with at least one more point, they fix a similarity transform
+
+
+def _with_derived(points: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    derived = {name: (points[a] + points[b]) / 2 for name, (a, b) in _DERIVED.items()
+               if name not in points and a in points and b in points}
+    return {**points, **derived}
+
+
+def alignment_points(face: Face, head: EmbeddingHead) -> tuple[np.ndarray, np.ndarray]:
+    """The (source, chip) point pairs that align `face` for `head`: every keypoint both the detector and the
+    embedder's template name (a mouth centre derived from mouth corners on either side), in template order.
+
+    Raises:
+        ArtifactError: fewer than the two eyes plus one more point in common.
+    """
+    source = _with_derived({name: np.asarray(xy, np.float64) for name, xy in zip(face.keypoint_names,
+                                                                                 face.keypoints_xy)})
+    target = _with_derived({name: np.array([x, y], np.float64) for name, x, y in head.template})
+    common = [name for name in target if name in source]
+    if not all(name in common for name in _REQUIRED) or len(common) < 3:
+        raise ArtifactError(f"the embedder's template names keypoints {list(target)}; the detector gives "
+                            f"{list(face.keypoint_names)}: they share {common}, too few to align a face")
+    if "mouth" in common and any(part in common for part in _DERIVED["mouth"]):
+        common.remove("mouth")  # a derived centre adds nothing to the corners it comes from
+    return np.stack([source[n] for n in common]), np.stack([target[n] for n in common])
+
+
 def face_chip(image_rgb: np.ndarray, face: Face, head: EmbeddingHead) -> np.ndarray:
-    """Align one face into the embedder's chip using the keypoints its template names."""
-    index = {name: i for i, name in enumerate(face.keypoint_names)}
-    missing = [name for name, _, _ in head.template if name not in index]
-    if missing:
-        raise ArtifactError(f"embedder template needs keypoints {missing}; the detector gives {list(face.keypoint_names)}")
-    source = np.stack([face.keypoints_xy[index[name]] for name, _, _ in head.template])
-    target = np.array([(x, y) for _, x, y in head.template], np.float64)
+    """Align one face into the embedder's chip using the keypoints it shares with the embedder's template."""
+    source, target = alignment_points(face, head)
     return align_face(image_rgb, source, target, head.chip_size)
 
 

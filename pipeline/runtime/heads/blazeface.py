@@ -59,6 +59,12 @@ class BlazeFaceHead:
         anchors = len(blazeface_anchors(self, input_hw))
         return (anchors, 1), (anchors, 4 + 2 * self.num_keypoints)
 
+    def live_rows(self, outputs: list[np.ndarray], score: float, index: int = 0) -> list[np.ndarray]:
+        """Per output, the anchors of image `index` whose score reaches `score` (the rows that can decode)."""
+        logits = np.clip(outputs[0][index, :, 0].astype(np.float64), -self.score_clip, self.score_clip)
+        rows = 1.0 / (1.0 + np.exp(-logits)) >= score
+        return [rows, rows]
+
     def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, mapping: InputMapping,
                image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> list[Face]:
         """Image `index` of a batch's raw outputs ((B, A, 1) logits, (B, A, 4 + 2K)) -> faces in source pixels,
