@@ -16,7 +16,7 @@ from edgepipe.apps import common
 
 NEEDED = (  # (model, what the demo uses it for)
     (common.FACE_DETECTORS[0], "face detection (Face recognition page)"),
-    (common.EMBEDDER, "face embeddings (Face recognition page)"),
+    (common.EMBEDDERS[0], "face embeddings (Face recognition page)"),
     (common.OBJECT_DETECTOR, "object detection, 80 COCO classes (Object detection page)"),
 )
 PAGES = (

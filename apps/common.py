@@ -1,7 +1,8 @@
 """What the demo pages share: where artifacts live, cached sessions, and checked inputs (`read_input`).
 
-Torch-free: imports only `edgepipe.runtime`. Test hook: a page that calls `input_ui(key)` reads the file at
-`st.session_state[key + "_path"]` (when set) instead of an upload, through the same checks.
+Torch-free: imports only `edgepipe.runtime` and the zoo's default names from `edgepipe.specs`. Test hook: a page
+that calls `input_ui(key)` reads the file at `st.session_state[key + "_path"]` (when set) instead of an upload,
+through the same checks.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import streamlit as st
 
 from edgepipe.runtime import EdgepipeError, FaceDetector, FaceEmbedder, InputError, ObjectDetector, decode_image, load
 from edgepipe.runtime.video import VIDEO_SUFFIXES, open_video
+from edgepipe.specs import FACE_DETECTOR, FACE_EMBEDDER
 
 MAX_UPLOAD_MB = 25
 IMAGE_TYPES = ("jpg", "jpeg", "png", "bmp", "webp")
 VIDEO_TYPES = tuple(s.lstrip(".") for s in VIDEO_SUFFIXES)
-FACE_DETECTORS = ("blazeface_back.mediapipe", "blazeface_front.mediapipe")  # back first: it sees small faces
-EMBEDDER = "dlib_resnet29.facerec"
+# The default pair first (edgepipe.specs: chosen by measurement), then the others with keypoints / embeddings.
+FACE_DETECTORS = (FACE_DETECTOR, "blazeface_back.mediapipe", "blazeface_front.mediapipe")
+EMBEDDERS = (FACE_EMBEDDER, "dlib_resnet29.facerec")
 OBJECT_DETECTOR = "nanodet_g.coco"
 
 

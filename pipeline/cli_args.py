@@ -7,6 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from edgepipe import specs
+
 __all__ = ["FACE_DETECTOR", "EMBEDDER", "artifact_dir", "face_detector", "score", "distance", "ints", "read_json",
            "images"]
 
@@ -18,8 +20,8 @@ def artifact_dir(args) -> Path:
     return Path(args.cache_dir or default_cache_dir()) / "artifacts"
 
 
-FACE_DETECTOR = "blazeface_back.mediapipe.fp32.onnx"  # aligns faces for an embedder
-EMBEDDER = "dlib_resnet29.facerec.fp32.onnx"
+FACE_DETECTOR = f"{specs.FACE_DETECTOR}.fp32.onnx"  # aligns faces for an embedder
+EMBEDDER = f"{specs.FACE_EMBEDDER}.fp32.onnx"
 
 
 def face_detector(args, beside: str | Path | None) -> Path | None:

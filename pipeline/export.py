@@ -27,16 +27,16 @@ from edgepipe.models.registry import spec_of
 from edgepipe.parity import Parity, chips_for_parity, measure_parity
 from edgepipe.runtime.atomic import atomic_write, check_destination, scratch_dir
 from edgepipe.runtime.preprocess import read_image
-from edgepipe.runtime.specs import ArtifactMeta, Precision, Task
+from edgepipe.runtime.specs import ArtifactMeta, Precision, Resize, Task
 from edgepipe.samples import sample_images
 from edgepipe.sources import sha256_file
-from edgepipe.specs import ModelSpec
+from edgepipe.specs import FACE_DETECTOR, ModelSpec
 
 __all__ = ["export_onnx", "artifact_meta"]
 
 log = logging.getLogger(__name__)
 
-PARITY_DETECTOR = "blazeface_back.mediapipe"  # finds the faces whose chips test an embedder's parity
+PARITY_DETECTOR = FACE_DETECTOR  # finds the faces whose chips test an embedder's parity
 
 
 def artifact_meta(spec: ModelSpec, precision: Precision = Precision.FP32, *, opset: int = 18,
@@ -131,8 +131,8 @@ def export_onnx(
 
 def _to_onnx(model: torch.nn.Module, meta: ArtifactMeta, opset: int,
              output_names: tuple[str, ...] | None = None) -> onnx.ModelProto:
-    """Trace with the dynamo exporter, dynamic batch, weights inside."""
-    dummy = torch.zeros((2, *_input_shape(meta)), dtype=torch.float32)
+    """Trace with the dynamo exporter, dynamic batch (and size, for Resize.PAD), weights inside."""
+    dummy = torch.zeros((2, *_input_shape(meta, traced=True)), dtype=torch.float32)
     with scratch_dir("export") as tmp:
         path = tmp / "model.onnx"
         try:
@@ -140,7 +140,7 @@ def _to_onnx(model: torch.nn.Module, meta: ArtifactMeta, opset: int,
                 torch.onnx.export(
                     model, (dummy,), str(path), input_names=[meta.input_name],
                     output_names=list(output_names or meta.head.outputs),
-                    dynamic_shapes={meta.input_name: {0: torch.export.Dim("batch", min=1, max=1024)}},
+                    dynamic_shapes={meta.input_name: _dynamic_axes(meta)},
                     opset_version=opset, external_data=False, dynamo=True, verbose=False,
                 )
             proto = onnx.load(str(path))
@@ -175,9 +175,25 @@ def _finish(proto: onnx.ModelProto, meta: ArtifactMeta) -> onnx.ModelProto:
     return proto
 
 
-def _input_shape(meta: ArtifactMeta) -> tuple[int, int, int]:
+def _input_shape(meta: ArtifactMeta, traced: bool = False) -> tuple[int, int, int]:
+    """The input's (C, H, W) in its layout; `traced`: the size to trace with (for Resize.PAD a small, non-square
+    one of multiples, so that the exporter keeps H and W apart and symbolic)."""
     c, h, w = meta.input.shape_chw
+    if traced and meta.input.resize == Resize.PAD:
+        m = meta.input.size_multiple
+        h, w = m * min(4, h // m), m * min(5, w // m)
     return (c, h, w) if meta.input.layout.value == "NCHW" else (h, w, c)
+
+
+def _dynamic_axes(meta: ArtifactMeta) -> dict[int, object]:
+    """Batch, and for Resize.PAD height and width as multiples of `size_multiple` up to the input size."""
+    axes: dict[int, object] = {0: torch.export.Dim("batch", min=1, max=1024)}
+    if meta.input.resize == Resize.PAD:
+        m, (h, w) = meta.input.size_multiple, meta.input.input_hw
+        rows, cols = (2, 3) if meta.input.layout.value == "NCHW" else (1, 2)
+        axes[rows] = m * torch.export.Dim("rows", min=1, max=h // m)
+        axes[cols] = m * torch.export.Dim("cols", min=1, max=w // m)
+    return axes
 
 
 def _parity(model, onnx_path: Path, meta: ArtifactMeta, photos: list[np.ndarray], cache_dir) -> Parity:

@@ -68,11 +68,19 @@ def calibration_inputs(meta: ArtifactMeta, paths: list[Path], limit: int, *, see
 
 
 class ImageReader(CalibrationDataReader):
-    """Feeds prepared inputs to onnxruntime's calibrator, `READER_BATCH` at a time."""
+    """Feeds prepared inputs to onnxruntime's calibrator, up to `READER_BATCH` of one size at a time (inputs of a
+    Resize.PAD model differ in size)."""
 
     def __init__(self, input_name: str, inputs: list[np.ndarray]):
         self.input_name = input_name
-        self.batches = [np.concatenate(inputs[i:i + READER_BATCH]) for i in range(0, len(inputs), READER_BATCH)]
+        self.batches = []
+        for i, array in enumerate(inputs):
+            last = self.batches[-1] if self.batches else None
+            if i % READER_BATCH and last is not None and last[-1].shape == array.shape:
+                last.append(array)
+            else:
+                self.batches.append([array])
+        self.batches = [np.concatenate(group) for group in self.batches]
         self.position = 0
 
     def get_next(self) -> dict | None:

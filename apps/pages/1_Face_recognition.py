@@ -19,11 +19,13 @@ def models_ui():
     """The detector and embedder artifacts (None when one is missing) and the embedder's figures."""
     found = common.find_artifacts()
     detectors = [name for name in common.FACE_DETECTORS if (name, "fp32") in found]
-    embedder = found.get((common.EMBEDDER, "fp32"))
-    if not detectors or embedder is None:
+    embedders = [name for name in common.EMBEDDERS if (name, "fp32") in found]
+    if not detectors or not embedders:
         common.missing_message("face detector" if not detectors else "face embedder")
         return None, None
     detector = st.sidebar.selectbox("Face detector", detectors, key="face_detector")
+    embedder = found[(st.sidebar.selectbox("Face embedder", embedders, key="face_embedder",
+                                           help="a gallery holds one embedder's vectors"), "fp32")]
     return common.face_models(str(found[(detector, "fp32")]), str(embedder)), common.figures(embedder)
 
 

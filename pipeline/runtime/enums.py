@@ -31,6 +31,9 @@ class Resize(str, Enum):
     LETTERBOX_CENTER = "letterbox_center"  # keep aspect ratio, scale to fit, pad both sides equally (the YOLO family)
     STRETCH = "stretch"  # resize each axis independently to the input size
     ALIGNED_CHIP = "aligned_chip"  # input is a face chip warped from landmarks (see EmbeddingHead)
+    # keep the image's own size (shrunk to fit the input size if larger), pad right/bottom to a multiple of
+    # InputSpec.size_multiple: the graph takes any such size (YuNet, as OpenCV feeds it)
+    PAD = "pad"
 
 
 class Precision(str, Enum):

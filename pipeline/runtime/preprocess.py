@@ -158,6 +158,8 @@ def letterbox(image_hwc: np.ndarray, out_hw: tuple[int, int], pad_value: float =
 def resize_to_input(image_hwc: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, InputMapping]:
     """Resize as the spec says; return (image of the input size, mapping from source to input pixels)."""
     out_h, out_w = spec.input_hw
+    if spec.resize == Resize.PAD:
+        return _fit_and_pad(image_hwc, spec)
     if spec.resize in (Resize.LETTERBOX, Resize.LETTERBOX_CENTER):
         return letterbox(image_hwc, (out_h, out_w), spec.pad_value, spec.interpolation,
                          center=spec.resize == Resize.LETTERBOX_CENTER)
@@ -166,6 +168,31 @@ def resize_to_input(image_hwc: np.ndarray, spec: InputSpec) -> tuple[np.ndarray,
         interp = _interpolation(spec.interpolation, min(out_h / h, out_w / w))
         image_hwc = cv2.resize(image_hwc, (out_w, out_h), interpolation=interp)
     return image_hwc, InputMapping((out_w / w, out_h / h))
+
+
+def _fit_and_pad(image_hwc: np.ndarray, spec: InputSpec) -> tuple[np.ndarray, InputMapping]:
+    """Resize.PAD: the image at its own size (shrunk to fit the input size if larger), padded right/bottom up to the
+    next multiple of `size_multiple`."""
+    h, w = image_hwc.shape[:2]
+    max_h, max_w = spec.input_hw
+    scale = min(1.0, max_h / h, max_w / w)
+    if scale < 1.0:
+        image_hwc = cv2.resize(image_hwc, (max(1, round(w * scale)), max(1, round(h * scale))),
+                               interpolation=_interpolation(spec.interpolation, scale))
+    new_h, new_w = image_hwc.shape[:2]
+    m = spec.size_multiple
+    out_h, out_w = -(-new_h // m) * m, -(-new_w // m) * m
+    out = np.full((out_h, out_w, image_hwc.shape[2]), spec.pad_value, dtype=image_hwc.dtype)
+    out[:new_h, :new_w] = image_hwc
+    return out, InputMapping((new_w / w, new_h / h), input_hw=(out_h, out_w))
+
+
+def _fits(hw: tuple[int, int], spec: InputSpec) -> bool:
+    """Whether an image of size `hw` is a valid input: the input size, or with Resize.PAD any multiple up to it."""
+    if spec.resize != Resize.PAD:
+        return tuple(hw) == spec.input_hw
+    m = spec.size_multiple
+    return all(0 < v <= top and v % m == 0 for v, top in zip(hw, spec.input_hw))
 
 
 def to_input(images_hwc_rgb: list[np.ndarray] | np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -180,8 +207,10 @@ def to_input(images_hwc_rgb: list[np.ndarray] | np.ndarray, spec: InputSpec) -> 
         or the pixels themselves for a uint8 input.
     """
     batch = np.stack([np.asarray(im) for im in images_hwc_rgb]).astype(np.float32)  # (N, H, W, 3) RGB
-    if batch.shape[1:3] != spec.input_hw:
-        raise InputError(f"input images are {batch.shape[1:3]}, the model expects {spec.input_hw}")
+    if not _fits(batch.shape[1:3], spec):
+        expected = (f"multiples of {spec.size_multiple} up to {spec.input_hw}" if spec.resize == Resize.PAD
+                    else f"{spec.input_hw}")
+        raise InputError(f"input images are {batch.shape[1:3]}, the model expects {expected}")
     if spec.color == Color.BGR:
         batch = batch[..., ::-1]
     batch = (batch - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)

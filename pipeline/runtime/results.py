@@ -18,6 +18,11 @@ class InputMapping:
 
     scale_xy: tuple[float, float] = (1.0, 1.0)
     offset_xy: tuple[float, float] = (0.0, 0.0)  # a centred letterbox's padding on the left and on top
+    input_hw: tuple[int, int] | None = None  # the input's size when it varies per image (Resize.PAD), else None
+
+    def input_size(self, default_hw: tuple[int, int]) -> tuple[int, int]:
+        """The size of the input this mapping leads to: its own when it varies per image, else `default_hw`."""
+        return self.input_hw or default_hw
 
     def to_source(self, points_xy: np.ndarray) -> np.ndarray:
         """(..., 2) points in input pixels -> source pixels, float32."""

@@ -15,11 +15,11 @@ from typing import Any
 
 from edgepipe.runtime.enums import Color, Layout, Precision, Resize, Task, check
 from edgepipe.runtime.errors import ArtifactError, SpecError
-from edgepipe.runtime.heads import HEADS, BlazeFaceHead, EmbeddingHead, GFLHead, Head
+from edgepipe.runtime.heads import HEADS, BlazeFaceHead, EmbeddingHead, GFLHead, Head, YuNetHead
 
 # The enums and head classes are re-exported: the contract's vocabulary is read from here.
 __all__ = ["InputSpec", "ArtifactMeta", "Task", "Layout", "Color", "Resize", "Precision", "BlazeFaceHead",
-           "EmbeddingHead", "GFLHead", "Head"]
+           "EmbeddingHead", "GFLHead", "YuNetHead", "Head"]
 
 CONTRACT_VERSION = 1  # bump when a field changes meaning; the runtime refuses other versions
 INTERPOLATIONS = ("auto", "linear", "area", "nearest", "cubic")
@@ -40,6 +40,7 @@ class InputSpec:
     # opencv interpolation of the resize: "auto" is area averaging when shrinking and bilinear when enlarging
     interpolation: str = "auto"
     dtype: str = "float32"  # of the input tensor; "uint8" takes raw pixels (mean 0, std 1), as some exports do
+    size_multiple: int = 1  # Resize.PAD: the graph takes any H, W that are multiples of this, up to shape_chw's
 
     def __post_init__(self) -> None:
         check(len(self.shape_chw) == 3 and all(int(v) > 0 for v in self.shape_chw),
@@ -52,11 +53,16 @@ class InputSpec:
         check(self.dtype in INPUT_DTYPES, f"InputSpec.dtype must be one of {INPUT_DTYPES}, got {self.dtype!r}")
         check(self.dtype != "uint8" or (tuple(self.mean) == (0, 0, 0) and tuple(self.std) == (1, 1, 1)),
               f"a uint8 input takes raw pixels: mean (0, 0, 0) and std (1, 1, 1), got {self.mean!r}/{self.std!r}")
+        check(self.size_multiple >= 1 and self.shape_chw[1] % self.size_multiple == 0
+              and self.shape_chw[2] % self.size_multiple == 0,
+              f"InputSpec.size_multiple must be >= 1 and divide the input size {self.shape_chw[1:]}, "
+              f"got {self.size_multiple!r}")
         check(self.interpolation in INTERPOLATIONS,
                f"InputSpec.interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
 
     @property
     def input_hw(self) -> tuple[int, int]:
+        """The input size (with Resize.PAD: the largest; `prepare`'s mapping says what one image got)."""
         return int(self.shape_chw[1]), int(self.shape_chw[2])
 
 

@@ -152,3 +152,37 @@ def test_concurrent_enrollments_into_one_gallery_all_stay(artifacts, group_photo
         assert worker.returncode == 0, err
     assert FaceGallery.load(gallery).names == names
     assert not list(tmp_path.glob(".gallery.json.*"))  # no temporary file left; gallery.json.lock stays by design
+
+
+def test_yunet_sface_reproduce_opencvs_own_pipeline_on_lfw(artifacts, shared_data, cache_dir):
+    """OpenCV's FaceDetectorYN + alignCrop + FaceRecognizerSF on the source files, scored by the same protocol (the
+    face nearest the centre at the detector's score, else at 0.05; the same folds): our artifacts within 0.3 point."""
+    import cv2
+    import numpy as np
+
+    from edgepipe.evaluate import _kfold_accuracy, evaluate, read_lfw_pairs
+    from edgepipe.models import get_spec
+    from edgepipe.sources import fetch_file
+
+    data = shared_data / "lfw_10ids"
+    ours = evaluate(artifacts["sface.opencv"], data, detector=artifacts["yunet.opencv"], progress=False)
+    score = get_spec("yunet.opencv").head.score_thresh
+    detector_file = str(fetch_file(get_spec("yunet.opencv").weights, cache_dir))
+    recognizer = cv2.FaceRecognizerSF.create(str(fetch_file(get_spec("sface.opencv").weights, cache_dir)), "")
+    n_folds, pairs = read_lfw_pairs(data)
+    features = {}
+    for path in sorted({p for pair in pairs for p in pair[:2]}):
+        image = cv2.imread(str(path))
+        height, width = image.shape[:2]
+        for threshold in (score, 0.05):
+            found = cv2.FaceDetectorYN.create(detector_file, "", (width, height), threshold, 0.3, 5000).detect(image)[1]
+            if found is not None:
+                break
+        row = min(found, key=lambda f: np.linalg.norm(f[:2] + f[2:4] / 2 - np.array([width, height]) / 2))
+        features[path] = recognizer.feature(recognizer.alignCrop(image, row))[0]
+    distances = np.array([recognizer.match(features[a][None], features[b][None], cv2.FaceRecognizerSF_FR_COSINE)
+                          for a, b, _ in pairs])
+    same = np.array([s for _, _, s in pairs])
+    accuracy = np.mean(_kfold_accuracy(1.0 - distances, same, np.arange(len(pairs)) * n_folds // len(pairs))[0])
+    assert abs(ours.metrics["accuracy"] - accuracy) <= 0.003, (ours.metrics["accuracy"], accuracy)
+    assert ours.metrics["accuracy"] >= 0.995

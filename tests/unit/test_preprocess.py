@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgepipe.errors import InputError, SpecError
 from edgepipe.runtime.preprocess import (
@@ -97,3 +99,30 @@ def test_read_image_errors_name_the_path(tmp_path):
         read_image(tmp_path / "missing.png")
     with pytest.raises(InputError, match="upload: could not be decoded as an image"):
         decode_image(b"\x00\x01")
+
+
+PAD_SPEC = InputSpec((3, 128, 96), color=Color.BGR, mean=(0, 0, 0), std=(1, 1, 1), resize=Resize.PAD,
+                     size_multiple=32)
+
+
+@given(height=st.integers(1, 300), width=st.integers(1, 300))
+def test_pad_keeps_the_image_size_up_to_the_input_and_pads_to_multiples(height, width):
+    image = np.full((height, width, 3), 200, np.uint8)
+    out, mapping = resize_to_input(image, PAD_SPEC)
+    scale = min(1.0, 128 / height, 96 / width)
+    assert out.shape[0] % 32 == 0 and out.shape[1] % 32 == 0 and out.shape[0] <= 128 and out.shape[1] <= 96
+    assert mapping.input_hw == out.shape[:2] and mapping.offset_xy == (0.0, 0.0)
+    fitted_h, fitted_w = max(1, round(height * scale)), max(1, round(width * scale))
+    assert out[:fitted_h, :fitted_w].min() == 200 and out[fitted_h:].sum() == 0 and out[:, fitted_w:].sum() == 0
+    corner = mapping.to_source(np.array([[fitted_w, fitted_h]], np.float32))[0]
+    assert corner == pytest.approx([width, height], rel=1e-5)  # the image's far corner maps back to itself
+    assert to_input([out], PAD_SPEC).shape == (1, 3, *out.shape[:2])
+
+
+def test_pad_refuses_sizes_the_graph_cannot_take():
+    with pytest.raises(InputError, match=r"multiples of 32 up to \(128, 96\)"):
+        to_input([np.zeros((40, 64, 3), np.uint8)], PAD_SPEC)
+    with pytest.raises(InputError, match="multiples of 32"):
+        to_input([np.zeros((160, 64, 3), np.uint8)], PAD_SPEC)
+    with pytest.raises(SpecError, match="size_multiple must be >= 1 and divide the input size"):
+        InputSpec((3, 100, 96), resize=Resize.PAD, size_multiple=32)

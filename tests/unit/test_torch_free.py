@@ -21,7 +21,7 @@ def test_runtime_never_imports_torch_or_models():
 def test_quantize_evaluate_bench_and_report_never_import_torch():
     """Only export (and train) need torch: the stages after it run on a machine without it."""
     stages = ("edgepipe.artifact", "edgepipe.quantize", "edgepipe.evaluate", "edgepipe.benchmark", "edgepipe.report",
-              "edgepipe.bench_worker", "edgepipe.run")
+              "edgepipe.bench_worker", "edgepipe.run", "edgepipe.specs", "edgepipe.cli_args")
     code = (f"import importlib, sys; [importlib.import_module(m) for m in {stages!r}]; "
             "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('edgepipe.models', "
             "'edgepipe.export'))]; sys.exit(str(bad[:5]) if bad else 0)")
@@ -61,5 +61,6 @@ def test_apps_import_only_the_runtime_and_report():
                 root = name.split(".")[0]
                 assert root in stdlib or root in allowed, f"{path.name} imports {name}"
                 if root == "edgepipe":
-                    assert name.startswith(("edgepipe.runtime", "edgepipe.report", "edgepipe.apps")), \
+                    # edgepipe.specs: the zoo's default names (torch-free, checked above)
+                    assert name.startswith(("edgepipe.runtime", "edgepipe.report", "edgepipe.apps", "edgepipe.specs")), \
                         f"{path.name} imports {name}"

@@ -71,11 +71,12 @@ class BlazeFaceHead:
         after NMS, best first."""
         head = self if score_thresh is None else dataclasses.replace(self, score_thresh=float(score_thresh))
         scores_logit, regressors = outputs[0][index], outputs[1][index]
-        anchors = blazeface_anchors(head, meta.input.input_hw)
+        input_hw = mapping.input_size(meta.input.input_hw)
+        anchors = blazeface_anchors(head, input_hw)
         if len(anchors) != len(regressors):
             raise ArtifactError(f"{meta.model_name}: {len(regressors)} regressor rows but the head implies "
                                 f"{len(anchors)} anchors")
-        boxes, keypoints, scores = decode_blazeface(scores_logit, regressors, anchors, head, meta.input.input_hw)
+        boxes, keypoints, scores = decode_blazeface(scores_logit, regressors, anchors, head, input_hw)
         keep = nms(boxes, scores, head.nms_iou)
         source_boxes = mapping.boxes_to_source(boxes[keep], image_hw)
         return [Face(box, float(scores[i]), mapping.to_source(keypoints[i]), head.keypoint_names)

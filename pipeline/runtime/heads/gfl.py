@@ -66,7 +66,7 @@ class GFLHead:
         thresh = self.score_thresh if score_thresh is None else float(score_thresh)
         if self.mode == "dense":
             scores, distributions = outputs[0][index], outputs[1][index]  # (N, C), (N, 4 * (R + 1))
-            centres, strides = gfl_centres(self, meta.input.input_hw)
+            centres, strides = gfl_centres(self, mapping.input_size(meta.input.input_hw))
             if len(centres) != len(scores):
                 raise ArtifactError(f"{meta.model_name}: {len(scores)} output rows but the head implies {len(centres)}")
             boxes = decode_gfl(distributions, centres, strides, self.reg_max)

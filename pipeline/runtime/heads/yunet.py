@@ -78,16 +78,17 @@ class YuNetHead:
         pixels, best first, after top_k and NMS."""
         head = self if score_thresh is None else dataclasses.replace(self, score_thresh=float(score_thresh))
         try:
-            want = self.output_shapes(meta.input.input_hw)
+            input_hw = mapping.input_size(meta.input.input_hw)
+            want = self.output_shapes(input_hw)
         except SpecError as e:
             raise ArtifactError(f"{meta.model_name}: {e}") from e
         found = [tuple(np.shape(o)[1:]) for o in outputs]
         if found != list(want):
             raise ArtifactError(f"{meta.model_name}: output shapes {found} (without batch) do not match the "
-                                f"{meta.input.input_hw} input's {list(want)}")
+                                f"{input_hw} input's {list(want)}")
         levels = len(self.strides)
         cls, obj, bbox, kps = ([o[index] for o in outputs[k * levels:(k + 1) * levels]] for k in range(4))
-        boxes, keypoints, scores = decode_yunet(cls, obj, bbox, kps, head, meta.input.input_hw)
+        boxes, keypoints, scores = decode_yunet(cls, obj, bbox, kps, head, input_hw)
         keep = _nms_like_opencv(boxes, scores, head)
         source_boxes = mapping.boxes_to_source(boxes[keep], image_hw)
         return [Face(box, float(scores[i]), mapping.to_source(keypoints[i]), head.keypoint_names)
