@@ -13,7 +13,7 @@ import onnxruntime as ort
 from edgepipe.runtime.postprocess import box_iou
 from edgepipe.runtime.results import InputMapping
 from edgepipe.runtime.session import load
-from edgepipe.runtime.specs import Task
+from edgepipe.runtime.specs import Layout, Task
 
 __all__ = ["compare_outputs", "time_pair"]
 
@@ -35,7 +35,7 @@ def compare_outputs(fp32_path: Path, quant_path: Path, inputs: list[np.ndarray])
             dot[name] += float(a @ b)
             ref_sq[name] += float(a @ a)
             got_sq[name] += float(b @ b)
-        _decode_and_match(meta, ref, got, decoded)
+        _decode_and_match(meta, ref, got, decoded, _input_hw(meta, batch))
     raw = {name: {"max_abs_diff": diff[name],
                   "cosine": dot[name] / max(np.sqrt(ref_sq[name] * got_sq[name]), 1e-30)} for name in names}
     figures = {"n_inputs": len(inputs), "raw": raw}
@@ -54,16 +54,21 @@ def compare_outputs(fp32_path: Path, quant_path: Path, inputs: list[np.ndarray])
     return figures
 
 
-def _decode_and_match(meta, ref: list[np.ndarray], got: list[np.ndarray], tally: dict) -> None:
+def _input_hw(meta, batch: np.ndarray) -> tuple[int, int]:
+    """The (H, W) of a prepared batch (it varies per image for a Resize.PAD model)."""
+    return tuple(batch.shape[2:4]) if meta.input.layout == Layout.NCHW else tuple(batch.shape[1:3])
+
+
+def _decode_and_match(meta, ref: list[np.ndarray], got: list[np.ndarray], tally: dict, hw: tuple[int, int]) -> None:
     """Add one input's decoded agreement to `tally` (detections at the head's own threshold, in input pixels)."""
     if meta.head.task == Task.FACE_EMBEDDING:
         a, b = ref[0].astype(np.float64), got[0].astype(np.float64)
         tally["cosines"].extend((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)))
         return
-    hw = meta.input.input_hw
+    mapping = InputMapping(input_hw=hw)  # input pixels
     # (box, class) of each result: faces are one class
-    found_ref = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(ref, meta, InputMapping(), hw)]
-    found_got = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(got, meta, InputMapping(), hw)]
+    found_ref = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(ref, meta, mapping, hw)]
+    found_got = [(r.box_xyxy, getattr(r, "class_id", 0)) for r in meta.head.decode(got, meta, mapping, hw)]
     tally["reference"] += len(found_ref)
     tally["quantized"] += len(found_got)
     for box, cls in found_ref:

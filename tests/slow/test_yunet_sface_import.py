@@ -18,6 +18,7 @@ from edgepipe.models.weights.onnx_graph import read_onnx_graph
 from edgepipe.models.zoo.sface import SFACE_2021DEC, SFace, sface_state_dict
 from edgepipe.models.zoo.yunet import STRIDES, YUNET_2023MAR, YUNET_OUTPUTS, YuNet, yunet_state_dict
 from edgepipe.sources import fetch_file
+from tests.support.yunet import open_size_copy
 
 NUM_WIDERFACE_IMAGES = 10
 CHIPS_PER_PERSON = 2  # x 10 LFW identities = 20 aligned chips
@@ -40,17 +41,6 @@ def _session(model: Path | bytes) -> ort.InferenceSession:
     options.log_severity_level = 3  # the SFace file lists its initializers as graph inputs, which ORT warns about
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def _open_size_copy(path: Path) -> bytes:
-    """The YuNet graph with symbolic H, W and cell counts, so that ORT accepts another multiple of 32."""
-    model = onnx.load(str(path))
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_param, dims[3].dim_param = "height", "width"
-    for output in model.graph.output:
-        output.type.tensor_type.shape.dim[1].dim_param = "cells"
-    del model.graph.value_info[:]  # the exporter's 640x640 intermediate shapes
-    return model.SerializeToString()
 
 
 def _fit_and_pad(image_bgr: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -94,7 +84,7 @@ def yunet(onnx_paths) -> YuNet:
 @pytest.mark.parametrize("size_hw", YUNET_SIZES_HW, ids=lambda hw: f"{hw[0]}x{hw[1]}")
 def test_yunet_matches_onnxruntime(size_hw, onnx_paths, yunet, detector_photos_bgr):
     path = onnx_paths["yunet"]
-    session = _session(path if size_hw == (640, 640) else _open_size_copy(path))
+    session = _session(path if size_hw == (640, 640) else open_size_copy(path))
     batch = _nchw([_fit_and_pad(image, size_hw) for image in detector_photos_bgr])  # BGR 0-255, as OpenCV feeds it
     reference = [session.run(None, {"input": image[None]}) for image in batch]  # the file has batch 1
     with torch.no_grad():
