@@ -15,7 +15,7 @@ from edgepipe.artifact import Artifact
 from edgepipe.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
 from edgepipe.errors import QuantizeError, SpecError
 from edgepipe.evaluate import detect_layout, evaluate
-from edgepipe.export import PARITY_DETECTOR, export_onnx
+from edgepipe.export import export_onnx
 from edgepipe.metrics.coco import read_coco
 from edgepipe.models import get_spec, list_models
 from edgepipe.pareto import accuracy_points
@@ -25,6 +25,7 @@ from edgepipe.runtime.atomic import atomic_write, check_destination
 from edgepipe.runtime.preprocess import read_image
 from edgepipe.runtime.specs import Task
 from edgepipe.samples import sample_images
+from edgepipe.specs import FACE_DETECTOR
 
 __all__ = ["build_models", "SummaryRow"]
 
@@ -52,7 +53,8 @@ class SummaryRow:
 
 def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Path, ...] = (),
                  cache_dir: Path | None = None, calib_dir: Path | None = None, bench: bool = True,
-                 weights: Path | None = None, progress: bool = True) -> list[SummaryRow]:
+                 weights: Path | None = None, face_detector: str = FACE_DETECTOR,
+                 progress: bool = True) -> list[SummaryRow]:
     """Export, check and evaluate zoo models, then benchmark them and render the report; returns summary rows
     (one per artifact) and updates each artifact's JSON with its evaluations and timings.
 
@@ -69,6 +71,7 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
             `out_dir/report/report.{md,html}`.
         weights: an `edgepipe train` checkpoint (or a state dict) for the one model named, instead of its zoo
             weights; a detector trained on 'face' is scored on WIDER FACE folders.
+        face_detector: the zoo face detector that finds and aligns faces for the embedders (exported too).
         progress: show progress on stderr.
 
     Raises:
@@ -79,13 +82,15 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
         raise SpecError(f"--weights belongs to one model; name exactly one MODEL (got {len(names)})")
     for name in names:
         get_spec(name)  # fail on an unknown name before any work
+    if get_spec(face_detector).task != Task.FACE_DETECTION:
+        raise SpecError(f"{face_detector} is not a face detector; the embedders need one to align faces")
     check_destination(out_dir, folder=True)
     layouts = {Path(d): detect_layout(Path(d)) for d in data_dirs}
     artifacts: dict[str, Artifact] = {}
     # disable=None: a bar on a terminal only; a log would get its last line twice, and every redraw
     for name in tqdm(names, desc="export", unit="model", disable=None if progress else True):
         artifacts[name] = export_onnx(name, out_dir, cache_dir=cache_dir, weights=weights)
-    detector = _face_detector(artifacts, out_dir, cache_dir, names, layouts)
+    detector = _face_detector(face_detector, artifacts, out_dir, cache_dir, names)
     scored_on = {name: [d for d, layout in layouts.items() if _fits(artifact, layout, d)]
                  for name, artifact in artifacts.items()}  # the data folders each artifact is evaluated on
     for data_dir in layouts:
@@ -151,16 +156,16 @@ def _quant_row(result) -> SummaryRow:
         latency=f"{speed.get('speedup')}x fp32 ({speed.get('threads')} threads)", onnx=str(result.onnx_path))
 
 
-def _face_detector(artifacts, out_dir, cache_dir, names, layouts) -> Path | None:
+def _face_detector(name: str, artifacts, out_dir, cache_dir, names) -> Path | None:
     """The detector artifact that aligns faces for embedders (exported if the job did not include it)."""
     if not any(get_spec(n).task == Task.FACE_EMBEDDING for n in names):
         return None
-    if PARITY_DETECTOR not in artifacts:
-        artifacts_path = Path(out_dir) / f"{PARITY_DETECTOR}.fp32.onnx"
-        if not artifacts_path.is_file():
-            export_onnx(PARITY_DETECTOR, out_dir, cache_dir=cache_dir)
-        return artifacts_path
-    return artifacts[PARITY_DETECTOR].onnx_path
+    if name not in artifacts:
+        path = Path(out_dir) / f"{name}.fp32.onnx"
+        if not path.is_file():
+            export_onnx(name, out_dir, cache_dir=cache_dir)
+        return path
+    return artifacts[name].onnx_path
 
 
 def _row(artifact: Artifact) -> SummaryRow:

@@ -16,6 +16,7 @@ from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images
 from edgepipe.cli_faces import add_face_commands
 from edgepipe.cli_train import add_training_commands
 from edgepipe.errors import EdgepipeError
+from edgepipe.specs import FACE_DETECTOR as FACE_DETECTOR_MODEL
 
 __all__ = ["main"]
 
@@ -49,7 +50,8 @@ def _cmd_build(args) -> int:
     out = Path(args.out) if args.out else artifact_dir(args)
     rows = [row.to_dict() for row in build_models(args.models, out, data_dirs=tuple(Path(d) for d in args.data),
                                                   cache_dir=args.cache_dir, calib_dir=args.calib,
-                                                  bench=not args.no_bench, weights=args.weights)]
+                                                  bench=not args.no_bench, weights=args.weights,
+                                                  face_detector=args.detector)]
     columns = ["model", "precision", "size_mb", "parity_max_abs", "decoded_parity", "metric", "latency"]
     scored = any(row.get("metric") for row in rows)
     print(render_table(rows, [c for c in columns if c != "metric" or scored]))
@@ -192,6 +194,9 @@ def _parser() -> argparse.ArgumentParser:
                        "the accuracy budget on the --data folder of each model's task")
     build.add_argument("--weights", type=Path, help="an `edgepipe train` checkpoint for the one MODEL named, "
                        "instead of its zoo weights")
+    build.add_argument("--detector", default=FACE_DETECTOR_MODEL, metavar="MODEL",
+                       help=f"zoo face detector that finds and aligns faces for the embedders (default: "
+                            f"{FACE_DETECTOR_MODEL}, the default pair's)")
     build.add_argument("--no-bench", action="store_true", help="skip the closing CPU benchmark and report")
     build.set_defaults(func=_cmd_build)
 

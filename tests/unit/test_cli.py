@@ -47,6 +47,9 @@ def test_train_and_build_option_errors_are_one_line(tmp_path, capsys):
                  "--no-bench"]) == 2
     assert capsys.readouterr().err.strip() == ("edgepipe: error: --weights belongs to one model; name exactly one "
                                                 "MODEL (got 2)")
+    assert main(["build", "sface.opencv", "--detector", "nanodet_g.coco", "--out", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.strip() == ("edgepipe: error: nanodet_g.coco is not a face detector; the "
+                                                "embedders need one to align faces")
     assert main(["train", "nanodet_g.coco", "--data", str(tmp_path), "--val", str(tmp_path), "--out",
                  str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == "edgepipe: error: --epochs is required (or --resume a run)"
