@@ -11,9 +11,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+import edgepipe
 from edgepipe.artifact import Artifact
 from edgepipe.benchmark import BenchOptions, benchmark, time_detector, time_face_pipeline
-from edgepipe.errors import QuantizeError, SpecError
+from edgepipe.errors import EdgepipeError, QuantizeError, SpecError
 from edgepipe.evaluate import detect_layout, evaluate
 from edgepipe.export import export_onnx
 from edgepipe.metrics.coco import read_coco
@@ -23,8 +24,9 @@ from edgepipe.quantize import QuantizeOptions, quantize
 from edgepipe.report import render_report
 from edgepipe.runtime.atomic import atomic_write, check_destination
 from edgepipe.runtime.preprocess import read_image
-from edgepipe.runtime.specs import Task
+from edgepipe.runtime.specs import ArtifactMeta, Task
 from edgepipe.samples import sample_images
+from edgepipe.sources import sha256_file
 from edgepipe.specs import FACE_DETECTOR
 
 __all__ = ["build_models", "SummaryRow"]
@@ -53,7 +55,7 @@ class SummaryRow:
 
 def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Path, ...] = (),
                  cache_dir: Path | None = None, calib_dir: Path | None = None, bench: bool = True,
-                 weights: Path | None = None, face_detector: str = FACE_DETECTOR,
+                 weights: Path | None = None, face_detector: str = FACE_DETECTOR, rebuild: bool = False,
                  progress: bool = True) -> list[SummaryRow]:
     """Export, check and evaluate zoo models, then benchmark them and render the report; returns summary rows
     (one per artifact) and updates each artifact's JSON with its evaluations and timings.
@@ -72,6 +74,8 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
         weights: an `edgepipe train` checkpoint (or a state dict) for the one model named, instead of its zoo
             weights; a detector trained on 'face' is scored on WIDER FACE folders.
         face_detector: the zoo face detector that finds and aligns faces for the embedders (exported too).
+        rebuild: export every model again, even one whose artifact in `out_dir` is up to date (same spec sha,
+            source weights sha256, edgepipe version, and the file its JSON describes); evaluations always run.
         progress: show progress on stderr.
 
     Raises:
@@ -89,7 +93,10 @@ def build_models(names: list[str] | None, out_dir: Path, *, data_dirs: tuple[Pat
     artifacts: dict[str, Artifact] = {}
     # disable=None: a bar on a terminal only; a log would get its last line twice, and every redraw
     for name in tqdm(names, desc="export", unit="model", disable=None if progress else True):
-        artifacts[name] = export_onnx(name, out_dir, cache_dir=cache_dir, weights=weights)
+        kept = None if rebuild or weights is not None else _up_to_date(name, Path(out_dir))
+        if kept is not None:
+            log.info("%s: %s is up to date (same spec, weights and edgepipe version): kept", name, kept.onnx_path)
+        artifacts[name] = kept or export_onnx(name, out_dir, cache_dir=cache_dir, weights=weights)
     detector = _face_detector(face_detector, artifacts, out_dir, cache_dir, names)
     scored_on = {name: [d for d, layout in layouts.items() if _fits(artifact, layout, d)]
                  for name, artifact in artifacts.items()}  # the data folders each artifact is evaluated on
@@ -154,6 +161,23 @@ def _quant_row(result) -> SummaryRow:
         metric=(f"{accuracy['metric']} {100 * accuracy['quantized']:.2f}% (drop {accuracy['drop_points']:.2f} "
                 f"points, {Path(str(accuracy['data'])).name})" if accuracy else None),
         latency=f"{speed.get('speedup')}x fp32 ({speed.get('threads')} threads)", onnx=str(result.onnx_path))
+
+
+def _up_to_date(name: str, out_dir: Path) -> Artifact | None:
+    """The fp32 artifact an earlier build left in `out_dir`, if it is whole and is what this build would export."""
+    onnx_path = out_dir / f"{name}.fp32.onnx"
+    json_path = onnx_path.with_suffix(".json")
+    try:
+        figures = json.loads(json_path.read_bytes())
+        meta = ArtifactMeta.from_json(json.dumps(figures["meta"]))
+        whole = onnx_path.is_file() and figures["sha256"] == sha256_file(onnx_path)
+    except (OSError, ValueError, KeyError, TypeError, EdgepipeError):
+        return None
+    spec = get_spec(name)
+    same = (meta.spec_sha == spec.sha256 and meta.edgepipe_version == edgepipe.__version__
+            and meta.source_sha256 == (spec.weights.member_sha256 if spec.weights else "")
+            and meta.source_package == (spec.weights.pin if spec.weights else ""))
+    return Artifact(onnx_path, json_path, meta, figures) if whole and same else None
 
 
 def _face_detector(name: str, artifacts, out_dir, cache_dir, names) -> Path | None:

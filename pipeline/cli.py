@@ -51,7 +51,7 @@ def _cmd_build(args) -> int:
     rows = [row.to_dict() for row in build_models(args.models, out, data_dirs=tuple(Path(d) for d in args.data),
                                                   cache_dir=args.cache_dir, calib_dir=args.calib,
                                                   bench=not args.no_bench, weights=args.weights,
-                                                  face_detector=args.detector)]
+                                                  face_detector=args.detector, rebuild=args.rebuild)]
     columns = ["model", "precision", "size_mb", "parity_max_abs", "decoded_parity", "metric", "latency"]
     scored = any(row.get("metric") for row in rows)
     print(render_table(rows, [c for c in columns if c != "metric" or scored]))
@@ -197,6 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--detector", default=FACE_DETECTOR_MODEL, metavar="MODEL",
                        help=f"zoo face detector that finds and aligns faces for the embedders (default: "
                             f"{FACE_DETECTOR_MODEL}, the default pair's)")
+    build.add_argument("--rebuild", action="store_true", help="export every model again (default: keep an artifact "
+                       "in --out that has the same spec, source weights and edgepipe version; evaluations always run)")
     build.add_argument("--no-bench", action="store_true", help="skip the closing CPU benchmark and report")
     build.set_defaults(func=_cmd_build)
 

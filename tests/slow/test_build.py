@@ -1,6 +1,7 @@
 """The main job end to end: `edgepipe build` on every zoo model with every kind of evaluation folder."""
 
 import json
+import shutil
 
 import pytest
 
@@ -10,7 +11,15 @@ from edgepipe.models import list_models
 pytestmark = pytest.mark.slow
 
 
-def test_build_exports_evaluates_and_summarises_every_model(shared_data, cache_dir, tmp_path, capsys):
+def test_build_evaluates_and_summarises_every_model(artifacts, shared_data, cache_dir, tmp_path, capsys):
+    """Over artifacts an earlier export left in --out (the session's): kept, since they are up to date (README's
+    first command exports from scratch in test_readme_commands), then evaluated on every kind of folder."""
+    for onnx_path in artifacts.values():
+        for path in (onnx_path, onnx_path.with_suffix(".json")):
+            shutil.copy(path, tmp_path / path.name)
+    stale = tmp_path / "blazeface_front.mediapipe.fp32.json"  # its JSON no longer describes its file: exported again
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "sha256": "0" * 64}))
+    exported = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.onnx")}
     data = [str(shared_data / name) for name in ("lfw_10ids", "coco_val_mini", "widerface_val_100")]
     code = main(["--cache-dir", str(cache_dir), "build", "--out", str(tmp_path), *sum((["--data", d] for d in data), [])])
     out = capsys.readouterr().out
@@ -31,13 +40,17 @@ def test_build_exports_evaluates_and_summarises_every_model(shared_data, cache_d
     assert latency["per_face_ms_p50"] > 0 and latency["machine"]["cpu"]
     assert json.loads((tmp_path / "nanodet_g.coco.fp32.json").read_text())["detector_latency"]["image_ms_p50"] > 0
     assert not list(tmp_path.rglob("*.partial-*"))  # no temporary files left behind
+    now = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.fp32.onnx")}
+    assert {name for name in now if now[name] != exported[name]} == {"blazeface_front.mediapipe.fp32.onnx"}
     rows = json.loads((tmp_path / "report" / "bench.json").read_text())
     assert {r["ep"] for r in rows} >= {"cpu", "torch", "opencv-dnn"} and all(r["status"] == "ok" for r in rows)
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<svg" in html and "nanodet_g.coco" in html
 
 
-def test_build_with_calib_adds_int8_within_the_budget(shared_data, cache_dir, tmp_path, capsys):
+def test_build_with_calib_adds_int8_within_the_budget(artifacts, shared_data, cache_dir, tmp_path, capsys):
+    for path in (artifacts["nanodet_g.coco"], artifacts["nanodet_g.coco"].with_suffix(".json")):
+        shutil.copy(path, tmp_path / path.name)  # up to date: kept
     code = main(["--cache-dir", str(cache_dir), "build", "nanodet_g.coco", "--out", str(tmp_path), "--no-bench",
                  "--data", str(shared_data / "coco_val_mini"), "--calib", str(shared_data / "coco_calib")])
     out = capsys.readouterr().out

@@ -95,5 +95,6 @@ def test_torch_extra_lists_the_zoo(venv, outside):
     wheel = Path((venv.parent.parent / "wheel_path").read_text())
     _run(venv / "pip", "install", "-q", f"edgepipe[torch] @ {wheel.as_uri()}", cwd=outside)
     out = _run(venv / "edgepipe", "zoo", "list", cwd=outside).stdout
-    for name in ("blazeface_back.mediapipe", "blazeface_front.mediapipe", "dlib_resnet29.facerec", "nanodet_g.coco"):
+    for name in ("blazeface_back.mediapipe", "blazeface_front.mediapipe", "dlib_resnet29.facerec", "nanodet_g.coco",
+                 "yunet.opencv", "sface.opencv"):
         assert name in out
