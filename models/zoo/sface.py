@@ -10,6 +10,7 @@ from collections import Counter
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgepipe.models.registry import register
@@ -31,6 +32,16 @@ _HEAD_BN_EPS = 2e-5
 _DROPOUT = 0.4  # identity at inference; kept so that fine-tuning sees the same net
 
 
+class ChannelPReLU(nn.PReLU):
+    """nn.PReLU written as relu(x) + slope * (x - relu(x)): the same values and parameter, but it exports to
+    Relu/Sub/Mul/Add, which onnxruntime runs in its blocked conv layout. Measured on SFace at 1 thread: 28.4 ms vs
+    43.5 ms with ONNX PRelu (whose broadcast kernel took half the time, with layout reorders around it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positive = F.relu(x)
+        return positive + self.weight.view(1, -1, 1, 1) * (x - positive)
+
+
 class ConvBnPrelu(nn.Module):
     """Bias-free conv, batch norm, per-channel PReLU (MXNet's conv_N / conv_N_dw units)."""
 
@@ -39,7 +50,7 @@ class ConvBnPrelu(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
                               groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_channels, eps=_CONV_BN_EPS)
-        self.act = nn.PReLU(out_channels)
+        self.act = ChannelPReLU(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -86,7 +97,7 @@ class SFace(nn.Module):
 
 # ---- weights: the ONNX file's nodes, mapped onto this module in order --------------------------------------------
 _OP_OF = ((nn.Conv2d, "Conv"), (nn.BatchNorm2d, "BatchNormalization"), (nn.BatchNorm1d, "BatchNormalization"),
-          (nn.PReLU, "PRelu"), (nn.Dropout, "Dropout"), (nn.Flatten, "Flatten"), (nn.Linear, "Gemm"))
+          (ChannelPReLU, "PRelu"), (nn.Dropout, "Dropout"), (nn.Flatten, "Flatten"), (nn.Linear, "Gemm"))
 
 
 def _leaves(model: SFace) -> list[tuple[str, nn.Module, str]]:
