@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, read_json
@@ -25,11 +26,18 @@ def _cmd_zoo_list(args) -> int:
     from edgepipe.models import get_spec, list_models
     from edgepipe.report import render_table
 
-    rows = [{"model": n, "task": s.task.value, "input": "x".join(map(str, s.input.shape_chw)),
+    rows = [{"model": n, "task": s.task.value, "input": _input_text(s.input),
              "source": s.weights.pin if s.weights else "-", "license": s.license, "published": s.published}
             for n, s in ((n, get_spec(n)) for n in list_models(args.pattern))]
     print(render_table(rows, ["model", "task", "input", "source", "license", "published"]))
     return 0
+
+
+def _input_text(spec) -> str:
+    """3x256x256, or for an input that keeps the photo's size (Resize.PAD) what sizes it takes: 3x(/32, <=1920)."""
+    if spec.resize.value == "pad":
+        return f"{spec.shape_chw[0]}x(/{spec.size_multiple}, <={max(spec.input_hw)})"
+    return "x".join(map(str, spec.shape_chw))
 
 
 def _cmd_export(args) -> int:
@@ -284,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # our one-line errors replace ffmpeg's console noise
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("torch").setLevel(logging.ERROR)  # the exporter's notes on optional torchvision ops
-    previous = signal.signal(signal.SIGTERM, _terminated)  # `kill` cleans up as Ctrl-C does
+    # `kill` cleans up as Ctrl-C does (signals can only be handled on the main thread; elsewhere, as before)
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if on_main else None
     try:
         with _max_pixels(args.max_pixels):
             return args.func(args)
@@ -304,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
               f"pip install 'edgepipe[{extra}]'", file=sys.stderr)
         return 2
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

@@ -145,3 +145,14 @@ def test_report_refuses_what_bench_did_not_write(tmp_path, capsys, rows, expecte
     path.write_text(json.dumps(rows))
     _one_error_line(capsys, main(["report", str(path), "--out", str(tmp_path / "report")]), expected)
     assert not (tmp_path / "report").exists()
+
+
+def test_main_runs_off_the_main_thread(capsys):
+    """A host (a notebook, a UI) may call main() from a worker thread: no signal handler is installed there."""
+    import threading
+
+    codes = []
+    worker = threading.Thread(target=lambda: codes.append(main(["zoo", "list", "yunet*"])))
+    worker.start()
+    worker.join()
+    assert codes == [0] and "3x(/32, <=1920)" in capsys.readouterr().out
