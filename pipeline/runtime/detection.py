@@ -11,7 +11,7 @@ import numpy as np
 
 from edgepipe.runtime.enums import Task
 from edgepipe.runtime.errors import ArtifactError
-from edgepipe.runtime.preprocess import as_rgb, prepare
+from edgepipe.runtime.preprocess import prepare
 from edgepipe.runtime.results import Detection
 from edgepipe.runtime.session import Model, load
 
@@ -41,7 +41,6 @@ class ObjectDetector:
         """Detections in source pixels, best first; `classes` keeps only those label names. The image is anything
         `preprocess.as_rgb` takes (RGB, grey, RGBA)."""
         meta = self.model.meta
-        image_rgb = as_rgb(image_rgb)
-        batch, scale_xy = prepare(image_rgb, meta.input)
+        batch, scale_xy = prepare(image_rgb, meta.input)  # prepare takes what as_rgb takes
         found = meta.head.decode(self.model.run(batch), meta, scale_xy, image_rgb.shape[:2], score_thresh)
         return [d for d in found if classes is None or d.label in classes]

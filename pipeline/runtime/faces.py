@@ -100,8 +100,7 @@ class FaceDetector:
     def detect(self, image_rgb: np.ndarray, score_thresh: float | None = None) -> list[Face]:
         """Faces in source pixels, best first; the image is anything `preprocess.as_rgb` takes."""
         meta = self.model.meta
-        image_rgb = as_rgb(image_rgb)
-        batch, scale_xy = prepare(image_rgb, meta.input)
+        batch, scale_xy = prepare(image_rgb, meta.input)  # prepare takes what as_rgb takes
         return meta.head.decode(self.model.run(batch), meta, scale_xy, image_rgb.shape[:2], score_thresh)
 
     def refine(self, image_rgb: np.ndarray, face: Face) -> Face:

@@ -66,12 +66,12 @@ def read_image(path: str | Path) -> np.ndarray:
     else:
         found = path.suffix or "no suffix"
         error = f"{path}: not an image file (expected one of {', '.join(IMAGE_SUFFIXES)}, found {found!r})"
-    return _decode(np.fromfile(path, dtype=np.uint8), error)
+    return _decode(np.fromfile(path, dtype=np.uint8), str(path), error)
 
 
 def decode_image(data: bytes, name: str = "upload") -> np.ndarray:
     """Decode encoded image bytes (e.g. an upload) to uint8 HWC RGB; raises InputError if they are not an image."""
-    return _decode(np.frombuffer(data, dtype=np.uint8),
+    return _decode(np.frombuffer(data, dtype=np.uint8), name,
                    f"{name}: could not be decoded as an image (empty, truncated or not an image)")
 
 
@@ -114,11 +114,10 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _decode(buffer: np.ndarray, error: str) -> np.ndarray:
+def _decode(buffer: np.ndarray, name: str, error: str) -> np.ndarray:
     """Encoded bytes -> uint8 HWC RGB, or InputError(error); refuses images over MAX_PIXELS before decoding."""
     size = _header_size(buffer[:1 << 18].tobytes())
     if size is not None and size[0] * size[1] > MAX_PIXELS:
-        name = error.split(": ", 1)[0]
         raise InputError(f"{name}: {size[0]}x{size[1]} is {size[0] * size[1] / 1e6:.0f} megapixels, over the "
                          f"{MAX_PIXELS / 1e6:g} MP limit (a decompression bomb?); raise it with --max-pixels")
     try:
