@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, read_json
+from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, positive_int
 from edgepipe.cli_faces import add_face_commands
 from edgepipe.cli_train import add_training_commands
 from edgepipe.errors import EdgepipeError
@@ -148,7 +148,7 @@ def _shorten(text: str, width: int) -> str:
 def _cmd_report(args) -> int:
     from edgepipe.pareto import accuracy_points
     from edgepipe.report import read_bench_rows, render_report
-    from edgepipe.runtime.atomic import check_destination
+    from edgepipe.runtime.atomic import check_destination, read_json
 
     check_destination(args.out, folder=True)
     rows = [row for path in args.results for row in read_bench_rows(Path(path))]
@@ -173,7 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="weights, samples and default artifacts (default: $EDGEPIPE_CACHE or ~/.cache/edgepipe)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument("--max-pixels", type=_positive_int, help="refuse image files larger than this many pixels, "
+    parser.add_argument("--max-pixels", type=positive_int, help="refuse image files larger than this many pixels, "
                         "read from their header before decoding (default: 100000000, or $EDGEPIPE_MAX_PIXELS)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -340,16 +340,6 @@ def _max_pixels(limit: int | None):
 
 def _terminated(signum, frame):
     raise KeyboardInterrupt(signum)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
-    return value
 
 
 # The optional packages, by the extra that installs them (pyproject.toml); the core install has none of them.

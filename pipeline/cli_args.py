@@ -4,12 +4,11 @@ refuse bad numbers where they enter."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from edgepipe import specs
 
-__all__ = ["FACE_DETECTOR", "EMBEDDER", "artifact_dir", "face_detector", "score", "distance", "ints", "read_json",
+__all__ = ["FACE_DETECTOR", "EMBEDDER", "artifact_dir", "face_detector", "score", "distance", "ints", "positive_int",
            "images"]
 
 
@@ -55,20 +54,22 @@ def distance(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """A count: a whole number > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
+    return value
+
+
 def ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def read_json(path: Path):
-    from edgepipe.runtime import InputError
-
-    try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
-        raise InputError(f"{path}: not a readable JSON file ({e})") from e
 
 
 def images(folder: str | None) -> list[Path] | None:

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from html import escape
 from pathlib import Path
 
 from edgepipe.pareto import AccuracyPoint
 from edgepipe.report_svg import bar_chart, line_chart, scatter_chart
-from edgepipe.runtime.atomic import atomic_write
+from edgepipe.runtime.atomic import atomic_write, read_json
 from edgepipe.runtime.errors import InputError
 
 __all__ = ["render_table", "render_report", "read_bench_rows"]
@@ -27,11 +26,7 @@ def read_bench_rows(path: Path) -> list[dict]:
         InputError: unreadable, not JSON, not a non-empty list of rows, or a row without a field the report needs
             (named, with the row's index).
     """
-    path = Path(path)
-    try:
-        rows = json.loads(path.read_bytes())
-    except (OSError, ValueError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
-        raise InputError(f"{path}: not a readable JSON file ({e})") from e
+    rows = read_json(path)
     if not isinstance(rows, list) or not rows:
         found = "an empty list" if rows == [] else type(rows).__name__
         raise InputError(f"{path}: expected the non-empty list of rows `edgepipe bench --json` writes, found {found}")

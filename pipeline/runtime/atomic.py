@@ -7,13 +7,14 @@
 - `scratch_dir(kind)` is a working folder in the system temp dir, `edgepipe-<kind>-<pid>-<random>`, removed on
   exit; stale ones of dead processes are removed when the next one is made.
 - `check_destination(path)` refuses, before any work, a place an output cannot be written.
-- `read_text(path)` reads a text file (annotations, pairs, JSON) or says in one line why it cannot.
+- `read_text(path)` / `read_json(path)` read a text or JSON file or say in one line why they cannot.
 - `locked(path)` holds an exclusive lock on `path` for a read-modify-write across processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from edgepipe.runtime.errors import InputError
 
-__all__ = ["atomic_write", "partial_file", "publish", "scratch_dir", "check_destination", "read_text", "locked"]
+__all__ = ["atomic_write", "partial_file", "publish", "scratch_dir", "check_destination", "read_text", "read_json",
+           "locked"]
 
 _PARTIAL = ".partial-"
 
@@ -143,6 +145,15 @@ def read_text(path: str | Path) -> str:
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not a UTF-8 text file (byte 0x{data[e.start]:02x} at offset {e.start}); "
                          "expected text annotations") from e
+
+
+def read_json(path: str | Path):
+    """A JSON file's value; raises InputError naming the file if it is unreadable, not UTF-8 or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as e:  # ValueError: bad JSON, or bytes that are not UTF-8
+        raise InputError(f"{path}: not a readable JSON file ({e})") from e
 
 
 @contextlib.contextmanager
