@@ -63,27 +63,39 @@ def test_ctrl_c_and_kill_end_in_one_line_with_nothing_half_written(artifacts, sh
     assert not out.exists() and list(out.parent.iterdir()) == []
 
 
+def _wait_for(process: subprocess.Popen, marker, timeout: float = 120.0) -> None:
+    """Until `marker()` finds what the command writes while it works; fails if the command ends first."""
+    deadline = time.monotonic() + timeout
+    while not marker():
+        assert process.poll() is None, f"finished before it was seen working: {process.communicate()}"
+        assert time.monotonic() < deadline, "never seen working"
+        time.sleep(0.01)
+
+
 def test_kill_9_at_random_points_leaves_nothing_the_next_run_does_not_clean(artifacts, shared_data, tmp_path):
-    """export, quantize and run each killed with SIGKILL at a seeded random time; then each runs to the end."""
+    """export, quantize and run each killed with SIGKILL at a seeded random moment while it works (its scratch
+    folder or partial file exists, so the kill leaves one behind); then each runs to the end and cleans up."""
     rng = random.Random(13)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     out = tmp_path / "out"
-    commands = {
-        "export": (["export", "blazeface_front.mediapipe", "--out", str(out)], (2.0, 10.0)),
+    commands = {  # name: (arguments, what exists while it works, the longest extra wait after it appears)
+        "export": (["export", "blazeface_front.mediapipe", "--out", str(out)],
+                   lambda: list(tmpdir.glob("edgepipe-export-*")), 2.0),
         "quantize": (["quantize", str(artifacts["blazeface_front.mediapipe"]), "--precision", "fp16", "--out",
-                      str(out)], (1.0, 3.0)),
+                      str(out)], lambda: list(tmpdir.glob("edgepipe-quant-*")), 0.2),
         "run": (["run", str(artifacts["blazeface_back.mediapipe"]), str(shared_data / "videos" / "face_carphone.mp4"),
-                 "--out", str(out / "faces.mp4")], (1.0, 2.5)),
+                 "--out", str(out / "faces.mp4")], lambda: list(out.glob("faces.mp4.partial-*")), 0.2),
     }
     killed = []
-    for name, (args, (low, high)) in commands.items():
+    for name, (args, working, extra) in commands.items():
         process = _start(args, tmpdir)
-        delay = rng.uniform(low, high)
+        _wait_for(process, working)
+        delay = rng.uniform(0.0, extra)
         time.sleep(delay)
         if process.poll() is None:
             process.kill()
-            killed.append(f"{name}@{delay:.1f}s")
+            killed.append(f"{name}+{delay:.2f}s")
         process.communicate(timeout=60)
         if out.exists():
             _outputs_are_whole(out)  # every file under its final name is whole
@@ -91,7 +103,7 @@ def test_kill_9_at_random_points_leaves_nothing_the_next_run_does_not_clean(arti
         stdout, stderr = done.communicate(timeout=600)
         assert done.returncode == 0, stderr
         assert not _edgepipe_scratch(tmpdir), _edgepipe_scratch(tmpdir)  # stale scratch of killed runs removed
-    assert len(killed) >= 2, killed  # most kills land while the command works
+    assert len(killed) == 3, killed  # each kill landed while its command worked
     assert _outputs_are_whole(out) == []  # the partials of every killed run are gone
     assert {p.name for p in out.iterdir()} == {
         "blazeface_front.mediapipe.fp32.onnx", "blazeface_front.mediapipe.fp32.json",
