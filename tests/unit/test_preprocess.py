@@ -51,6 +51,31 @@ def test_to_input_normalises_and_orders_channels():
         to_input([np.zeros((5, 5, 3), np.uint8)], spec)
 
 
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.sampled_from(list(Layout)),
+       st.sampled_from(list(Color)), st.lists(st.floats(-300, 300, width=32), min_size=6, max_size=6),
+       st.integers(0, 2**32 - 1))
+def test_to_input_equals_the_whole_array_formula_bit_for_bit(n, height, width, layout, color, numbers, seed):
+    """The per-plane fast path gives exactly stack -> float32 -> colour order -> (x - mean) / std -> layout."""
+    mean, std = numbers[:3], [abs(v) + 0.01 if i else 1.0 for i, v in enumerate(numbers[3:])]  # std 1 is a fast path
+    spec = InputSpec((3, height, width), layout=layout, color=color, mean=tuple(mean), std=tuple(std))
+    images = list(np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8))
+    reference = np.stack(images).astype(np.float32)
+    reference = reference[..., ::-1] if color == Color.BGR else reference
+    reference = (reference - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    reference = reference.transpose(0, 3, 1, 2) if layout == Layout.NCHW else reference
+    batch = to_input(images, spec)
+    assert batch.dtype == np.float32 and batch.flags.c_contiguous
+    assert np.array_equal(batch, reference)
+
+
+def test_to_input_refuses_images_of_different_sizes():
+    spec = InputSpec((3, 4, 4))
+    with pytest.raises(InputError, match="one size"):
+        to_input([np.zeros((4, 4, 3), np.uint8), np.zeros((4, 5, 3), np.uint8)], spec)
+    with pytest.raises(InputError, match="HxWx3"):
+        to_input([], spec)
+
+
 def test_a_uint8_input_gets_raw_pixels_and_needs_no_normalisation():
     image = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)
     x = to_input([image], InputSpec((3, 2, 3), layout=Layout.NHWC, mean=(0, 0, 0), std=(1, 1, 1), dtype="uint8"))
