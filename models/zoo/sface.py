@@ -33,13 +33,14 @@ _DROPOUT = 0.4  # identity at inference; kept so that fine-tuning sees the same 
 
 
 class ChannelPReLU(nn.PReLU):
-    """nn.PReLU written as relu(x) + slope * (x - relu(x)): the same values and parameter, but it exports to
-    Relu/Sub/Mul/Add, which onnxruntime runs in its blocked conv layout. Measured on SFace at 1 thread: 28.4 ms vs
-    43.5 ms with ONNX PRelu (whose broadcast kernel took half the time, with layout reorders around it)."""
+    """nn.PReLU written as slope * x + (1 - slope) * relu(x): the same parameter and values (to 1 ulp), but it
+    exports to Relu and per-channel Mul/Add, which onnxruntime turns into blocked-layout (NCHWc) depthwise convs with
+    no layout reorders. Measured on SFace at 1 thread (ORT 1.32, AVX2): 19.0 ms per chip, vs 21.9 ms written as
+    relu(x) + slope * (x - relu(x)) (Sub is not blocked: 54 reorders) and 37.4 ms as ONNX PRelu."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        positive = F.relu(x)
-        return positive + self.weight.view(1, -1, 1, 1) * (x - positive)
+        slope = self.weight.view(1, -1, 1, 1)
+        return slope * x + (1.0 - slope) * F.relu(x)
 
 
 class ConvBnPrelu(nn.Module):
