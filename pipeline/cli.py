@@ -163,7 +163,9 @@ def _cmd_env_create(args) -> int:
     from edgepipe.envs import create_env, probe_env
 
     path = create_env(args.name, args.cache_dir)
-    print(f"{args.name} environment at {path}: providers {probe_env(args.name, args.cache_dir).get('providers')}")
+    probe = probe_env(args.name, args.cache_dir)
+    has = probe["versions"] or {"providers": probe["providers"]}
+    print(f"{args.name} environment at {path}: " + ", ".join(f"{key} {value}" for key, value in has.items()))
     return 0
 
 
@@ -269,10 +271,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", required=True, help="output directory")
     report.set_defaults(func=_cmd_report)
 
-    env = sub.add_parser("env", help="managed runtime environments for EPs that need their own onnxruntime build")
+    env = sub.add_parser("env", help="managed environments for what needs its own Python packages: EPs with their "
+                         "own onnxruntime build (openvino, gpu), and face_recognition for `faces bench`")
     env_sub = env.add_subparsers(dest="env_command", required=True)
     env_create = env_sub.add_parser("create", help="create CACHE/envs/NAME")
-    env_create.add_argument("name", choices=["openvino", "gpu"])
+    env_create.add_argument("name", choices=["openvino", "gpu", "face_recognition"])
     env_create.set_defaults(func=_cmd_env_create)
 
     add_training_commands(sub)

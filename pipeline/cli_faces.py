@@ -3,11 +3,21 @@ and videos (see `edgepipe.cli`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
-from edgepipe.cli_args import EMBEDDER, FACE_DETECTOR, artifact_dir, distance, face_detector, score
+from edgepipe.cli_args import (
+    EMBEDDER,
+    FACE_DETECTOR,
+    artifact_dir,
+    distance,
+    face_detector,
+    images,
+    positive_int,
+    score,
+)
 
 __all__ = ["add_face_commands"]
 
@@ -60,6 +70,33 @@ def _cmd_faces_identify(args) -> int:
     return 0
 
 
+def _cmd_faces_bench(args) -> int:
+    from edgepipe.face_bench import FaceBenchOptions, bench_faces
+    from edgepipe.report import render_table
+    from edgepipe.runtime.atomic import atomic_write, check_destination
+    from edgepipe.samples import sample_images
+
+    check_destination(args.json)
+    embedder_path = Path(args.embedder) if args.embedder else artifact_dir(args) / EMBEDDER
+    detector_path = face_detector(args, embedder_path) or artifact_dir(args) / FACE_DETECTOR
+    peers = () if args.peers == "none" else tuple(p.strip() for p in args.peers.split(","))
+    if args.images:
+        sets = {Path(path).name: [Path(path)] if Path(path).is_file() else images(path) for path in args.images}
+    else:
+        sets = {"samples": sample_images(args.cache_dir)}
+    options = FaceBenchOptions(threads=args.threads, warmup=args.warmup, runs=args.runs, peers=peers,
+                               cache_dir=args.cache_dir)
+    result = bench_faces(detector_path, embedder_path, sets, options, progress=lambda line: print(line, flush=True))
+    atomic_write(args.json, json.dumps(result, indent=1).encode())
+    rows = result["rows"]
+    columns = ["set", "pipeline", "images", "faces", "image_ms", "image_ms_p50", "speedup"]
+    print(render_table(rows, columns + (["reason"] if any(not r["ok"] for r in rows) else [])))
+    machine = result["machine"]
+    print(f"{args.threads} thread(s), {machine.get('cpu')} ({', '.join(machine.get('isa', []))}); speedup = the "
+          f"row's ms per photo / edgepipe's; wrote {args.json}")
+    return 0
+
+
 def _cmd_run(args) -> int:
     from edgepipe.run import run_artifact
 
@@ -104,7 +141,8 @@ def add_face_commands(sub) -> None:
                      f"{FACE_DETECTOR} beside ARTIFACT, else in CACHE/artifacts)")
     run.set_defaults(func=_cmd_run)
 
-    faces = sub.add_parser("faces", help="enroll and identify people").add_subparsers(dest="faces_command", required=True)
+    faces = sub.add_parser("faces", help="enroll and identify people; time the face path against its peers")
+    faces = faces.add_subparsers(dest="faces_command", required=True)
     for name, func, text in (("enroll", _cmd_faces_enroll, "add a person's face(s) to a gallery file"),
                              ("identify", _cmd_faces_identify, "name every face in an image")):
         p = faces.add_parser(name, help=text)
@@ -120,6 +158,25 @@ def add_face_commands(sub) -> None:
                        "else in CACHE/artifacts)")
         p.add_argument("--embedder", help=f"face embedder artifact (default: CACHE/artifacts/{EMBEDDER})")
         p.set_defaults(func=func)
+    bench = faces.add_parser(
+        "bench", help="time detect + align + embed of every face against OpenCV (YuNet + SFace) and face_recognition",
+        description="Time the whole face path (find every face, align it, embed it) on the same photos in one run: "
+        "edgepipe's detector + embedder, OpenCV's own FaceDetectorYN + FaceRecognizerSF on OpenCV Zoo's original "
+        "YuNet and SFace files, and face_recognition (dlib HOG + ResNet), which needs `edgepipe env create "
+        "face_recognition` first (without it its row says so). Prints ms per photo (mean of each photo's median) "
+        "and each pipeline's ratio to edgepipe's, and writes them with the machine to --json.")
+    bench.add_argument("--detector", help=f"face detector artifact (default: {FACE_DETECTOR} beside the embedder, "
+                       "else in CACHE/artifacts)")
+    bench.add_argument("--embedder", help=f"face embedder artifact (default: CACHE/artifacts/{EMBEDDER})")
+    bench.add_argument("--images", action="append", help="a folder of photos or one photo, timed as one set; "
+                       "repeat for more sets (default: the six 1920 px sample group photos)")
+    bench.add_argument("--threads", type=positive_int, default=1, help="threads for every pipeline (default 1)")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed passes per photo and pipeline (default 1)")
+    bench.add_argument("--runs", type=positive_int, default=3, help="timed passes per photo and pipeline (default 3)")
+    bench.add_argument("--peers", default="opencv,face_recognition",
+                       help="comma-separated peers to time beside edgepipe, or none (default opencv,face_recognition)")
+    bench.add_argument("--json", required=True, help="write the rows and the machine here")
+    bench.set_defaults(func=_cmd_faces_bench)
     demo = sub.add_parser("demo", help="the Streamlit demo: face recognition, object detection, model lab; extra "
                           "flags go to `streamlit run` (e.g. --server.port 8601 --server.headless true)",
                           description="Open the Streamlit demo (face recognition, object detection, model lab) over "

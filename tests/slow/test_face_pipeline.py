@@ -186,3 +186,20 @@ def test_yunet_sface_reproduce_opencvs_own_pipeline_on_lfw(artifacts, shared_dat
     accuracy = np.mean(_kfold_accuracy(1.0 - distances, same, np.arange(len(pairs)) * n_folds // len(pairs))[0])
     assert abs(ours.metrics["accuracy"] - accuracy) <= 0.003, (ours.metrics["accuracy"], accuracy)
     assert ours.metrics["accuracy"] >= 0.995
+
+
+def test_faces_bench_says_why_a_peer_cannot_run(artifacts, shared_data, tmp_path, capsys):
+    """No face_recognition environment in this cache: its row says how to make one; edgepipe's row still stands."""
+    photo = shared_data / "lfw_10ids" / "images" / "Tony_Blair" / "Tony_Blair_0001.jpg"
+    models = ["--detector", str(artifacts["yunet.opencv"]), "--embedder", str(artifacts["sface.opencv"])]
+    out = tmp_path / "faces.json"
+    code = main(["--cache-dir", str(tmp_path / "cache"), "faces", "bench", *models, "--images", str(photo),
+                 "--peers", "face_recognition", "--warmup", "0", "--runs", "1", "--json", str(out)])
+    assert code == 0
+    ours, peer = json.loads(out.read_text())["rows"]
+    assert ours["ok"] and ours["faces"] >= 1 and ours["set"] == photo.name
+    assert not peer["ok"] and "edgepipe env create face_recognition" in peer["reason"] and peer["image_ms"] is None
+    assert "reason" in capsys.readouterr().out  # the table shows the reason column when a row is not ok
+    _one_line_error(capsys, main(["faces", "bench", *models, "--images", str(photo), "--peers", "dlib", "--json",
+                                  str(tmp_path / "x.json")]), "unknown peer(s) dlib")
+    assert not (tmp_path / "x.json").exists()

@@ -29,7 +29,7 @@ RUN_HERE = {  # every command README.md shows -> the test below that runs it
     "bench": "test_bench_then_report", "report": "test_bench_then_report", "env create": "test_env_create",
     "train": "test_fine_tune_block", "split": "test_fine_tune_block", "run": "test_run_an_image",
     "demo": "test_demo_serves_the_app", "faces enroll": "test_faces_and_run_with_a_gallery",
-    "faces identify": "test_faces_and_run_with_a_gallery",
+    "faces identify": "test_faces_and_run_with_a_gallery", "faces bench": "test_faces_bench_against_its_peers",
 }
 NOISE = ("Traceback", "torchvision", "FutureWarning", "DeprecationWarning")
 
@@ -193,6 +193,30 @@ def test_faces_and_run_with_a_gallery(art, group_photos, tmp_path):
     out = edgepipe("run", embedder, group_photos[0], "--gallery", gallery, "--out", tmp_path / "run.jpg",
                    cwd=tmp_path, cache=empty_cache).stdout
     assert "image(s)" in out and (tmp_path / "run.jpg").is_file()
+
+
+def test_faces_bench_against_its_peers(art, shared_data, tmp_path, cache):
+    """README's speed comparison: the face_recognition environment, then `faces bench` on three LFW photos and one
+    group photo (one timed pass each: this checks the command, the figures come from a full run)."""
+    out = edgepipe("env", "create", "face_recognition", cwd=tmp_path, cache=cache).stdout
+    assert "dlib 20.0.1" in out and "face_recognition 1.3.0" in out, out
+    lfw = tmp_path / "lfw"
+    lfw.mkdir()
+    for person in ("Tony_Blair", "Colin_Powell", "Hugo_Chavez"):
+        shutil.copy(shared_data / "lfw_10ids" / "images" / person / f"{person}_0001.jpg", lfw)
+    group = shared_data / "group_photos" / "group5.jpg"
+    out = edgepipe("faces", "bench", "--embedder", art / "sface.opencv.fp32.onnx", "--images", lfw, "--images", group,
+                   "--warmup", 0, "--runs", 1, "--json", tmp_path / "faces.json", cwd=tmp_path, cache=cache).stdout
+    result = json.loads((tmp_path / "faces.json").read_text())
+    rows = result["rows"]
+    assert [(r["set"], r["pipeline"].split()[0]) for r in rows] == [
+        (name, pipeline) for name in ("lfw", "group5.jpg") for pipeline in ("edgepipe", "opencv", "face_recognition")]
+    assert all(r["ok"] and r["image_ms"] > 0 and r["reason"] == "" for r in rows), rows
+    for ours, opencv, dlib in (rows[:3], rows[3:]):
+        assert ours["pipeline"] == "edgepipe yunet.opencv fp32 + sface.opencv fp32" and ours["speedup"] == 1.0
+        assert opencv["faces"] == ours["faces"] >= ours["images"]  # the same YuNet at the same threshold
+        assert dlib["faces"] >= 1 and dlib["speedup"] == round(dlib["image_ms"] / ours["image_ms"], 2)
+    assert result["threads"] == 1 and result["machine"]["cpu"] and "face_recognition 1.3.0" in out
 
 
 def test_fine_tune_block(art, shared_data, tmp_path, cache):
