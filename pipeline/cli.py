@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from edgepipe.cli_adopt import add_adopt_command
 from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, positive_int
 from edgepipe.cli_faces import add_face_commands
 from edgepipe.cli_train import add_training_commands
@@ -278,6 +279,7 @@ def _parser() -> argparse.ArgumentParser:
     env_create.add_argument("name", choices=["openvino", "gpu", "face_recognition"])
     env_create.set_defaults(func=_cmd_env_create)
 
+    add_adopt_command(sub)
     add_training_commands(sub)
     add_face_commands(sub)
 

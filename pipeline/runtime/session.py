@@ -30,8 +30,13 @@ class Model:
     providers: list[str] = field(default_factory=list)
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
-        """Run one preprocessed batch; returns the outputs in the order the head names them."""
-        return self.session.run(list(self.output_names), {self.meta.input_name: batch})
+        """Run one preprocessed batch; returns the outputs in the order the head names them. A graph whose batch
+        axis is fixed at 1 (as many published files are) runs a longer batch one item at a time."""
+        names, feed = list(self.output_names), self.meta.input_name
+        if self.session.get_inputs()[0].shape[0] == 1 and len(batch) > 1:
+            runs = [self.session.run(names, {feed: batch[i:i + 1]}) for i in range(len(batch))]
+            return [np.concatenate(parts) for parts in zip(*runs)]
+        return self.session.run(names, {feed: batch})
 
     @property
     def output_names(self) -> tuple[str, ...]:

@@ -30,6 +30,7 @@ RUN_HERE = {  # every command README.md shows -> the test below that runs it
     "train": "test_fine_tune_block", "split": "test_fine_tune_block", "run": "test_run_an_image",
     "demo": "test_demo_serves_the_app", "faces enroll": "test_faces_and_run_with_a_gallery",
     "faces identify": "test_faces_and_run_with_a_gallery", "faces bench": "test_faces_bench_against_its_peers",
+    "adopt": "test_adopt_bring_your_own_block",
 }
 NOISE = ("Traceback", "torchvision", "FutureWarning", "DeprecationWarning")
 
@@ -217,6 +218,27 @@ def test_faces_bench_against_its_peers(art, shared_data, tmp_path, cache):
         assert opencv["faces"] == ours["faces"] >= ours["images"]  # the same YuNet at the same threshold
         assert dlib["faces"] >= 1 and dlib["speedup"] == round(dlib["image_ms"] / ours["image_ms"], 2)
     assert result["threads"] == 1 and result["machine"]["cpu"] and "face_recognition 1.3.0" in out
+
+
+def test_adopt_bring_your_own_block(tmp_path, cache):
+    """README's bring-your-own block: OpenCV Zoo's two files from the cache, adopted, then timed beside OpenCV."""
+    from edgepipe.models.zoo.sface import SFACE_2021DEC
+    from edgepipe.models.zoo.yunet import YUNET_2023MAR
+    from edgepipe.sources import fetch_file
+
+    for source in (YUNET_2023MAR, SFACE_2021DEC):  # what `edgepipe build` leaves in the cache
+        fetch_file(source, cache)
+    block = re.search(r"```bash\n(F=~/.cache/edgepipe/files/.+?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    lines = block.replace("\\\n", " ").splitlines()
+    models = lines[0].split("=", 1)[1].replace("~/.cache/edgepipe", str(cache))
+    for line in lines[1:]:
+        args = line.replace("$F", models).split()[1:] + (["--runs", "1", "--warmup", "0"] if "bench" in line else [])
+        out = edgepipe(*args, cwd=tmp_path, cache=cache).stdout
+        assert ("wrote" in out) if "adopt" in line else ("opencv FaceDetectorYN" in out)
+    rows = json.loads((tmp_path / "adopted.json").read_text())["rows"]
+    assert [r["pipeline"] for r in rows][0] == "edgepipe face_detection_yunet_2023mar.adopted fp32 + " \
+                                              "face_recognition_sface_2021dec.adopted fp32"
+    assert rows[0]["faces"] == rows[1]["faces"] > 0
 
 
 def test_fine_tune_block(art, shared_data, tmp_path, cache):
