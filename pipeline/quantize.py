@@ -226,6 +226,9 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
                 f"{meta.model_name} {target.value}: {accuracy['metric']} drops {accuracy['drop_points']:.2f} points "
                 f"({accuracy['fp32']:.4f} -> {accuracy['quantized']:.4f}), over the {accuracy['max_drop_points']:g} "
                 f"budget after {fallback_rounds} fallback rounds{_tried(attempts)}; figures in {json_path}")
+        if embedder and best.metric is not None and fp32_metric is not None:
+            meta = _remeasured_threshold(meta, fp32_metric, best.metric, figures)
+            onnx.save_model(write_contract(onnx.load(str(best.path)), meta), str(best.path))
         data = best.path.read_bytes()
     atomic_write(out_path, data)
     figures["sha256"] = sha256_file(out_path)
@@ -351,6 +354,20 @@ def _metric(path: Path, options: QuantizeOptions) -> _Metric:
     report = evaluate(path, options.eval_data, detector=options.detector, progress=False)
     key = _BUDGET[report.task][0]
     return _Metric(report.task, key, float(report.metrics[key]), report.metrics)
+
+
+def _remeasured_threshold(meta: ArtifactMeta, fp32_metric: _Metric, metric: _Metric, figures: dict) -> ArtifactMeta:
+    """The embedder's match threshold for this precision: the contract's fp32 threshold (published or chosen) moved
+    by as much as the LFW-protocol threshold moved from fp32 to this precision on the evaluation data, so the
+    quantized model's distances are judged on their own scale, not fp32's. Recorded in `figures`."""
+    shift = metric.metrics["threshold"] - fp32_metric.metrics["threshold"]
+    head = dataclasses.replace(meta.head, match_thresh=round(meta.head.match_thresh + shift, 4))
+    figures["accuracy"]["match_thresh"] = {"fp32": meta.head.match_thresh, "quantized": head.match_thresh,
+                                           "lfw_threshold_fp32": round(fp32_metric.metrics["threshold"], 4),
+                                           "lfw_threshold_quantized": round(metric.metrics["threshold"], 4)}
+    meta = dataclasses.replace(meta, head=head)
+    figures["meta"] = json.loads(meta.to_json())
+    return meta
 
 
 def _figures(fp32_path: Path, best: _Attempt, meta: ArtifactMeta, settings: dict, parity_inputs,

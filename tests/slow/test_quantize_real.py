@@ -86,3 +86,9 @@ def test_yunet_and_sface_int8_within_the_face_budgets(artifacts, shared_data, tm
     accuracy = embedder.figures["accuracy"]
     assert accuracy["within_budget"] and accuracy["drop_points"] <= 0.3
     assert 0.55 < accuracy["quantized_metrics"]["threshold"] < 0.7  # its own, measured on the int8 embeddings
+    # The contract's threshold moves with the measured one: what `faces` and the demo use for the int8 model.
+    moved = accuracy["match_thresh"]
+    shift = moved["lfw_threshold_quantized"] - moved["lfw_threshold_fp32"]
+    assert moved["fp32"] == load(artifacts["sface.opencv"]).meta.head.match_thresh
+    assert moved["quantized"] == pytest.approx(moved["fp32"] + shift, abs=2e-4)
+    assert load(embedder.onnx_path).meta.head.match_thresh == moved["quantized"]
