@@ -33,7 +33,14 @@ from edgepipe.ort_quantization import (
     quantize_static,
     save_tensors_data,
 )
-from edgepipe.quantize_calib import ImageReader, calibration_inputs, list_images, quantized_nodes, rank_harmful_nodes
+from edgepipe.quantize_calib import (
+    ImageReader,
+    calibration_inputs,
+    graph_batch_limit,
+    list_images,
+    quantized_nodes,
+    rank_harmful_nodes,
+)
 from edgepipe.quantize_figures import compare_outputs, time_pair
 from edgepipe.runtime.atomic import atomic_write, check_destination, scratch_dir
 from edgepipe.runtime.session import load
@@ -262,12 +269,21 @@ def _resolve(meta: ArtifactMeta, options: QuantizeOptions) -> _Recipe:
     return dataclasses.replace(recipe, **{name: value for name, value in chosen.items() if value is not None})
 
 
+_MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their `axis`) need opset 13
+
+
 def _preprocess(artifact: Path, tmp: Path) -> Path:
-    """onnxruntime's pre-quantization pass: shape inference plus basic fusions (e.g. Conv + Mul + Add)."""
-    prepared = tmp / "prepared.onnx"
+    """onnxruntime's pre-quantization pass: shape inference plus basic fusions (e.g. Conv + Mul + Add). A graph
+    below opset 13 (an adopted file, e.g. OpenCV Zoo's opset-11 SFace) is converted to 13 first."""
+    prepared, source = tmp / "prepared.onnx", artifact
     try:
-        quant_pre_process(str(artifact), str(prepared), skip_symbolic_shape=True)
-    except Exception as e:  # onnxruntime raises untyped errors; report one line
+        model = onnx.load(str(artifact))
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), _MIN_QDQ_OPSET)
+        if opset < _MIN_QDQ_OPSET:
+            source = tmp / "opset13.onnx"
+            onnx.save(onnx.version_converter.convert_version(model, _MIN_QDQ_OPSET), str(source))
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    except Exception as e:  # onnx and onnxruntime raise untyped errors; report one line
         raise QuantizeError(f"{artifact}: pre-quantization pass failed: {type(e).__name__}: {str(e)[:200]}") from e
     return prepared
 
@@ -285,7 +301,8 @@ def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Reci
     for round_index in range(options.max_fallback_rounds + 1):
         path = tmp / f"int8.round{first_round + round_index}.onnx"
         try:
-            quantize_static(str(prepared), str(path), ImageReader(meta.input_name, inputs), quant_format=QuantFormat.QDQ,
+            reader = ImageReader(meta.input_name, inputs, graph_batch_limit(prepared, meta.input_name))
+            quantize_static(str(prepared), str(path), reader, quant_format=QuantFormat.QDQ,
                             per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=tail + excluded, calibrate_method=_ORT_METHOD[recipe.method],
@@ -327,7 +344,7 @@ def _calibrate(prepared: Path, meta: ArtifactMeta, inputs, tmp: Path, method: Ca
         calibrator = create_calibrator(prepared, augmented_model_path=str(tmp / "augmented.onnx"),
                                        calibrate_method=_ORT_METHOD[method], extra_options=extra)
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
-            calibrator.collect_data(ImageReader(meta.input_name, inputs))
+            calibrator.collect_data(ImageReader(meta.input_name, inputs, graph_batch_limit(prepared, meta.input_name)))
             save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
     except Exception as e:  # onnxruntime's calibrator raises untyped errors; report one line
         raise QuantizeError(f"{meta.model_name}: int8 calibration failed: {type(e).__name__}: {str(e)[:200]}") from e

@@ -68,15 +68,15 @@ def calibration_inputs(meta: ArtifactMeta, paths: list[Path], limit: int, *, see
 
 
 class ImageReader(CalibrationDataReader):
-    """Feeds prepared inputs to onnxruntime's calibrator, up to `READER_BATCH` of one size at a time (inputs of a
-    Resize.PAD model differ in size)."""
+    """Feeds prepared inputs to onnxruntime's calibrator, up to `batch_limit` of one size at a time (inputs of a
+    Resize.PAD model differ in size; an adopted graph may fix its batch at 1)."""
 
-    def __init__(self, input_name: str, inputs: list[np.ndarray]):
+    def __init__(self, input_name: str, inputs: list[np.ndarray], batch_limit: int = READER_BATCH):
         self.input_name = input_name
         self.batches = []
         for i, array in enumerate(inputs):
             last = self.batches[-1] if self.batches else None
-            if i % READER_BATCH and last is not None and last[-1].shape == array.shape:
+            if i % batch_limit and last is not None and last[-1].shape == array.shape:
                 last.append(array)
             else:
                 self.batches.append([array])
@@ -91,6 +91,13 @@ class ImageReader(CalibrationDataReader):
 
     def rewind(self) -> None:
         self.position = 0
+
+
+def graph_batch_limit(path: Path, input_name: str) -> int:
+    """READER_BATCH, or 1 for a graph whose input declares its batch axis fixed at 1."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    dims = next(i for i in graph.input if i.name == input_name).type.tensor_type.shape.dim
+    return 1 if dims and dims[0].HasField("dim_value") and dims[0].dim_value == 1 else READER_BATCH
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:
