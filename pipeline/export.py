@@ -32,7 +32,7 @@ from edgepipe.samples import sample_images
 from edgepipe.sources import sha256_file
 from edgepipe.specs import FACE_DETECTOR, ModelSpec
 
-__all__ = ["export_onnx", "artifact_meta"]
+__all__ = ["export_onnx", "export_module", "artifact_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +81,75 @@ def export_onnx(
     Raises:
         ExportError: export failed or parity is worse than `parity_atol` (nothing is left in `out_dir`).
     """
-    if opset < 18:
-        raise ExportError(f"opset must be >= 18 (the exporter cannot convert Pad below 18), got {opset}")
     spec = spec_of(name, weights)  # a training checkpoint brings its own labels
     check_destination(out_dir, folder=True)  # before the export and parity work, not after
+    _check_opset(opset)
     model = build(name, cache_dir=cache_dir, weights=weights)
-    out_dir = Path(out_dir)
-    onnx_path = out_dir / f"{name}.fp32.onnx"
-    started = time.perf_counter()
-    input_name = next(iter(inspect.signature(model.forward).parameters))
-    meta = artifact_meta(spec, opset=opset, input_name=input_name)
+    meta = artifact_meta(spec, opset=opset, input_name=_input_name(model))
     if weights is not None:  # provenance: the file actually exported
         meta = dataclasses.replace(meta, source_package="local weights", source_file=Path(weights).name,
                                    source_sha256=sha256_file(Path(weights)))
+    return _export(model, meta, Path(out_dir), opset=opset, cache_dir=cache_dir, images=images,
+                   parity_atol=parity_atol, nms_in_graph=nms_in_graph)
+
+
+def export_module(
+    module: torch.nn.Module,
+    spec: ModelSpec,
+    out_dir: str | Path,
+    *,
+    opset: int = 18,
+    cache_dir: Path | None = None,
+    images: list[Path] | None = None,
+    parity_atol: float = 1e-4,
+) -> Artifact:
+    """Export your own `nn.Module` as an artifact, with the same contract, checks and parity figures as a zoo model.
+
+    Args:
+        module: the network; `forward` takes one (B, C, H, W) float32 batch, already normalised as `spec.input`
+            says, and returns the outputs `spec.head` names, in its order. It is exported in eval mode.
+        spec: its name (`<arch>_<variant>.<tag>`), task, input contract, head and labels (`weights` stays None).
+        out_dir, opset, cache_dir, images, parity_atol: as for `export_onnx`.
+
+    Returns:
+        The artifact `out_dir/NAME.fp32.onnx` with its JSON (size, sha256, parity vs the module, versions).
+
+    Raises:
+        ExportError: export failed or parity is worse than `parity_atol` (nothing is left in `out_dir`).
+    """
+    if not isinstance(module, torch.nn.Module) or not isinstance(spec, ModelSpec):
+        raise ExportError(f"export_module takes an nn.Module and a ModelSpec, got {type(module).__name__} and "
+                          f"{type(spec).__name__}")
+    check_destination(out_dir, folder=True)
+    _check_opset(opset)
+    module = module.eval()
+    meta = dataclasses.replace(artifact_meta(spec, opset=opset, input_name=_input_name(module)),
+                               source_package="a user's nn.Module", source_file=type(module).__qualname__)
+    return _export(module, meta, Path(out_dir), opset=opset, cache_dir=cache_dir, images=images,
+                   parity_atol=parity_atol, nms_in_graph=False)
+
+
+def _check_opset(opset: int) -> None:
+    if opset < 18:
+        raise ExportError(f"opset must be >= 18 (the exporter cannot convert Pad below 18), got {opset}")
+
+
+def _input_name(model: torch.nn.Module) -> str:
+    """The graph input's name: the name of forward()'s first argument (what `dynamic_shapes` keys on)."""
+    return next(iter(inspect.signature(model.forward).parameters))
+
+
+def _export(model: torch.nn.Module, meta: ArtifactMeta, out_dir: Path, *, opset: int, cache_dir: Path | None,
+            images: list[Path] | None, parity_atol: float, nms_in_graph: bool) -> Artifact:
+    """Trace, stamp, check parity on real photos, then write `NAME.fp32.onnx` and its JSON (nothing on failure)."""
+    name, spec_head = meta.model_name, meta.head
+    onnx_path = out_dir / f"{name}.fp32.onnx"
+    started = time.perf_counter()
     if nms_in_graph:
-        if spec.head.kind != "gfl":  # the one head whose boxes the graph can decode so far (export_nms.GFLDecoded)
-            raise ExportError(f"--nms-in-graph needs a GFL box detector; {name} has a {spec.head.kind!r} head")
-        meta = dataclasses.replace(meta, head=dataclasses.replace(spec.head, mode="nms", outputs=NMS_OUTPUTS))
-        decoded = GFLDecoded(model, spec.head, spec.input.input_hw).eval()
+        if spec_head.kind != "gfl":  # the one head whose boxes the graph can decode so far (export_nms.GFLDecoded)
+            raise ExportError(f"--nms-in-graph needs a GFL box detector; {name} has a {spec_head.kind!r} head")
+        meta = dataclasses.replace(meta, head=dataclasses.replace(spec_head, mode="nms", outputs=NMS_OUTPUTS))
+        decoded = GFLDecoded(model, spec_head, meta.input.input_hw).eval()
         proto = with_nms(_to_onnx(decoded, meta, opset, output_names=("all_boxes", "all_scores")), meta.head,
                          meta.head.graph_score_floor)
     else:

@@ -15,8 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from edgepipe.runtime import load
 from tests.support.servers import free_port, stop, wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -239,6 +241,22 @@ def test_adopt_bring_your_own_block(tmp_path, cache):
     assert [r["pipeline"] for r in rows][0] == "edgepipe face_detection_yunet_2023mar.adopted fp32 + " \
                                               "face_recognition_sface_2021dec.adopted fp32"
     assert rows[0]["faces"] == rows[1]["faces"] > 0
+
+
+def test_readme_export_module_snippet(art, tmp_path, cache):
+    """README's own-module example, run as written in a fresh interpreter: it writes an artifact whose parity was
+    measured against the module."""
+    snippet = re.search(r"```python\n(import torch\n.+?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"EDGEPIPE_CACHE": str(cache)}
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True,
+                            env=environment, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    artifact = tmp_path / "mine" / "tiny_embedder.example.fp32.onnx"
+    figures = json.loads(artifact.with_suffix(".json").read_text())
+    assert figures["parity"]["gate_max_abs_diff"] <= 1e-4 and figures["parity"]["chips_from"] == "yunet.opencv"
+    assert f"{artifact.relative_to(tmp_path)} max abs diff vs torch" in result.stdout
+    model = load(artifact)
+    assert model.meta.head.dim == 64 and model.run(np.zeros((3, 3, 112, 112), np.float32))[0].shape == (3, 64)
 
 
 def test_fine_tune_block(art, shared_data, tmp_path, cache):
