@@ -70,3 +70,27 @@ def test_an_adopted_opset_11_batch_1_embedder_quantizes_within_the_face_budget(a
     accuracy = artifact.figures["accuracy"]
     assert accuracy["within_budget"] and accuracy["drop_points"] <= 0.3 and accuracy["match_thresh"]["quantized"] > 0
     assert artifact.onnx_path.name == "sface.adopted.int8.onnx"
+
+
+@pytest.mark.filterwarnings("ignore:.*LeafSpec:FutureWarning")  # torch's own pytree, on every plain export
+def test_a_zoo_detector_exported_by_plain_torch_onnx_export_and_adopted_detects_as_the_native_artifact(
+        artifacts, cache_dir, group_photos, tmp_path):
+    """No edgepipe metadata in the file, as a user's own export would be: `--like` brings the contract and labels."""
+    import torch
+
+    from edgepipe.models import build
+    from edgepipe.runtime import ObjectDetector
+
+    plain = tmp_path / "nanodet_plain.onnx"
+    model = build("nanodet_g.coco", cache_dir=cache_dir).eval()
+    torch.onnx.export(model, (torch.zeros(1, 3, 416, 416),), str(plain), input_names=["x"],
+                      output_names=["scores", "distributions"], dynamo=True, external_data=False)
+    assert main(["adopt", str(plain), "--like", "nanodet_g.coco", "--out", str(tmp_path / "out")]) == 0
+    native = ObjectDetector.from_path(artifacts["nanodet_g.coco"])
+    adopted = ObjectDetector.from_path(tmp_path / "out" / "nanodet_plain.adopted.fp32.onnx")
+    assert adopted.model.meta.labels == native.model.meta.labels and len(native.model.meta.labels) == 80
+    for path in group_photos[:2]:
+        image = read_image(path)
+        ours, theirs = native.detect(image), adopted.detect(image)
+        assert [d.label for d in ours] == [d.label for d in theirs] and ours
+        assert np.allclose([d.box_xyxy for d in ours], [d.box_xyxy for d in theirs], atol=1e-2)
