@@ -27,7 +27,8 @@ def run_cell(spec: dict) -> dict:
     Args:
         spec: {"kind": "ort" | "torch" | "opencv-dnn", "artifact", "meta" (the artifact's contract JSON), "image",
             "threads", "batch", "warmup", "runs"}, plus for "ort": "provider", "providers", "strict_ep",
-            "profile_dir"; for "torch": "model_name", "cache_dir".
+            "profile_dir", and "raw_inputs" ({input: [dims, dtype]}) for a file without a contract; for "torch":
+            "model_name", "cache_dir".
 
     Returns:
         {"status": "ok", "latencies_ms", "import_ms", "session_create_ms", "first_inference_ms",
@@ -42,11 +43,32 @@ def run_cell(spec: dict) -> dict:
         from edgepipe.runtime.specs import ArtifactMeta
     except ImportError as e:
         return {"status": "unavailable", "reason": f"the runtime does not import in {sys.executable}: {_one_line(e)}"}
+    if spec.get("raw_inputs"):  # a file without a contract: seeded random data of its inputs' shapes
+        feed = _random_feed(spec["raw_inputs"], int(spec["batch"]))
+        return feed if "status" in feed else _run_ort(spec, feed, None, started)
     meta = ArtifactMeta.from_json(spec["meta"])
     image_input, _ = prepare(read_image(spec["image"]), meta.input)  # (1, ...) float32, real pixels
     batch = np.ascontiguousarray(np.repeat(image_input, int(spec["batch"]), axis=0))
     run = {"ort": _run_ort, "torch": _run_torch, "opencv-dnn": _run_opencv}[spec["kind"]]
     return run(spec, batch, meta, started)
+
+
+def _random_feed(inputs: dict, batch: int) -> dict:
+    """Input name -> seeded random array (floats in [0, 1), integers 0-9, False for bools) of its dims, the batch
+    axis (None) set to `batch`; a graph whose batch is fixed at another size is a failed cell saying so."""
+    import numpy as np
+
+    rng, feed = np.random.default_rng(0), {}
+    for name, (dims, dtype) in inputs.items():
+        if dims and dims[0] is not None and dims[0] != batch:
+            return {"status": "failed", "reason": f"input {name!r} has its batch fixed at {dims[0]}; it cannot run a "
+                                                  f"batch of {batch}"}
+        shape = [batch if d is None else d for d in dims]
+        if dtype.startswith("float"):
+            feed[name] = rng.random(shape, dtype=np.float32).astype(dtype)
+        else:
+            feed[name] = rng.integers(0, 10, shape).astype(dtype) if dtype != "bool" else np.zeros(shape, bool)
+    return feed
 
 
 def _run_ort(spec: dict, batch, meta, started: float) -> dict:
@@ -79,19 +101,28 @@ def _run_ort(spec: dict, batch, meta, started: float) -> dict:
     t0 = time.perf_counter()
     try:
         providers = [tuple(p) if isinstance(p, list) else p for p in spec["providers"]]  # JSON made tuples lists
-        model = load(spec["artifact"], providers=providers, intra_op_threads=int(spec["threads"]),
-                     session_options=options)
+        if meta is None:  # no contract: a plain session on the given feed (`batch` is then {input: array})
+            options.intra_op_num_threads, options.log_severity_level = int(spec["threads"]), 3
+            session = ort.InferenceSession(spec["artifact"], sess_options=options, providers=providers)
+            infer = lambda: session.run(None, batch)  # noqa: E731
+        else:
+            model = load(spec["artifact"], providers=providers, intra_op_threads=int(spec["threads"]),
+                         session_options=options)
+            session, infer = model.session, lambda: model.run(batch)
     except Exception as e:  # ArtifactError wrapping onnxruntime's (e.g. strict fallback refused)
         return {"status": "failed", "reason": _one_line(e)}
     session_ms = (time.perf_counter() - t0) * 1e3
-    active = model.session.get_providers()
+    active = session.get_providers()
     if provider not in active:  # onnxruntime drops a provider that fails to initialise and carries on on CPU
         return {"status": "unavailable", "reason": f"{provider} failed to initialise; the session runs on {active}"}
     t0 = time.perf_counter()
-    model.run(batch)
+    try:
+        infer()
+    except Exception as e:  # a contract-less graph may refuse the made-up data (a shape the model cannot take)
+        return {"status": "failed", "reason": _one_line(e)}
     first_ms = (time.perf_counter() - t0) * 1e3
-    nodes_by_ep = _nodes_by_provider(Path(model.session.end_profiling()))
-    latencies = _time_runs(lambda: model.run(batch), int(spec["warmup"]), int(spec["runs"]))
+    nodes_by_ep = _nodes_by_provider(Path(session.end_profiling()))
+    latencies = _time_runs(infer, int(spec["warmup"]), int(spec["runs"]))
     return {"status": "ok", "latencies_ms": latencies, "import_ms": import_ms, "session_create_ms": session_ms,
             "first_inference_ms": first_ms, "rss_before_load_mb": rss_before, "nodes_by_ep": nodes_by_ep,
             "providers": active, "runtime": f"onnxruntime {ort.__version__}"}

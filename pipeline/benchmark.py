@@ -69,6 +69,9 @@ class BenchOptions:
     cache_dir: Path | None = None  # environments, TensorRT engines, sample photos (default: default_cache_dir())
     image: Path | None = None  # input photo (default: the first sample photo)
     timeout_s: float = 900.0  # per cell, worker start included
+    # A file without an edgepipe contract: input name -> its full shape, for inputs with dynamic dims (the first
+    # axis is the batch and follows `batch` where the graph leaves it dynamic)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = [ep for ep in self.eps if ep not in _EPS]
@@ -128,10 +131,13 @@ class BenchmarkRow:
 @dataclass(frozen=True)
 class _ArtifactInfo:
     path: Path
-    meta: ArtifactMeta
+    meta: ArtifactMeta | None  # None: a file without a contract, timed on random inputs made from its graph
     meta_json: str
     size_mb: float
     gflops: float | None
+    name: str  # the row's model: the contract's name, or the file's stem
+    precision: str
+    raw_inputs: dict[str, tuple[list, str]] | None = None  # contract-less: input -> (dims, None = batch; dtype)
 
 
 def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow]:
@@ -157,7 +163,7 @@ def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow
         raise BenchmarkError(f"no such artifact file(s): {', '.join(missing)}" if missing else "no artifacts given")
     cache_dir = Path(options.cache_dir or default_cache_dir())
     image = _input_image(options, cache_dir)
-    infos = [_artifact_info(p) for p in paths]
+    infos = [_artifact_info(p, options.shapes) for p in paths]
     per_core, formula = ((options.peak_gflops_per_core, "given") if options.peak_gflops_per_core
                          else cpu_peak_gflops())
     machine = {**machine_info(), "peak_gflops_per_core": per_core, "peak_formula": formula}
@@ -177,15 +183,15 @@ def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow
                                   else _run_worker(Path(probe["python"]), spec, info, image, threads, batch,
                                                    options, shim))
                         rows.append(_row(info, target.ep, target.env, threads, batch, result, per_core, machine))
-            if not options.baselines:
+            if not options.baselines or info.meta is None:  # baselines rebuild a zoo model: contracts only
                 continue
-            kinds = (["opencv-dnn"] if info.meta.precision.value == "fp32" else [])
-            kinds += ["torch"] if info.meta.model_name not in torch_done else []
-            torch_done.add(info.meta.model_name)
+            kinds = (["opencv-dnn"] if info.precision == "fp32" else [])
+            kinds += ["torch"] if info.name not in torch_done else []
+            torch_done.add(info.name)
             for kind in kinds:
                 for threads in options.threads:
                     for batch in options.batch:
-                        spec = {"kind": kind, "model_name": info.meta.model_name, "cache_dir": str(cache_dir)}
+                        spec = {"kind": kind, "model_name": info.name, "cache_dir": str(cache_dir)}
                         result = _run_worker(env_python(_BASELINE_ENV), spec, info, image, threads, batch, options,
                                              shim)
                         rows.append(_row(info, kind, _BASELINE_ENV, threads, batch, result, per_core, machine))
@@ -201,20 +207,70 @@ def _input_image(options: BenchOptions, cache_dir: Path) -> Path:
     return sample_images(cache_dir)[0]
 
 
-def _artifact_info(path: Path) -> _ArtifactInfo:
-    """Contract, size and per-image GFLOPs of an artifact, read once in this process."""
+def _artifact_info(path: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> _ArtifactInfo:
+    """Contract, size and per-image GFLOPs of an artifact, read once in this process; for a file without a
+    contract, its inputs' shapes and dtypes instead (dynamic dims from `shapes`)."""
     try:
         proto = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError and friends
         raise BenchmarkError(f"{path}: not a loadable ONNX file ({type(e).__name__})") from e
     props = {p.key: p.value for p in proto.metadata_props}
+    size_mb = round(path.stat().st_size / 1e6, 3)
+    if METADATA_KEY not in props:
+        raw = _raw_inputs(proto, path, shapes or {})
+        for value in proto.graph.input:  # counted at the shapes it will run at, batch 1
+            for dim, size in zip(value.type.tensor_type.shape.dim, raw.get(value.name, ((),))[0]):
+                dim.dim_value = size or 1
+        quantized = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") or n.op_type.endswith("Integer")
+                        for n in proto.graph.node)
+        return _ArtifactInfo(path, None, "", size_mb, _gflops(proto, path), path.stem,
+                             "int8" if quantized else "fp32", raw)
     meta = read_contract(props, path)
+    return _ArtifactInfo(path, meta, props[METADATA_KEY], size_mb, _gflops(proto, path), meta.model_name,
+                         meta.precision.value)
+
+
+def _gflops(proto: onnx.ModelProto, path: Path) -> float | None:
     try:
-        gflops = count_flops(proto, batch=1) / 1e9
+        return count_flops(proto, batch=1) / 1e9
     except BenchmarkError as e:
         log.warning("%s: FLOPs not counted: %s", path.name, e)
-        gflops = None
-    return _ArtifactInfo(path, meta, props[METADATA_KEY], round(path.stat().st_size / 1e6, 3), gflops)
+        return None
+
+
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
+                onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8", onnx.TensorProto.INT32: "int32",
+                onnx.TensorProto.INT64: "int64", onnx.TensorProto.BOOL: "bool"}
+
+
+def _raw_inputs(proto: onnx.ModelProto, path: Path, shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Input name -> (dims with None for the batch axis when the graph leaves it dynamic, dtype); every other
+    dynamic dim must come from `shapes` (--shape NAME:1x3x640x640), or this is one line naming it."""
+    weights = {init.name for init in proto.graph.initializer}
+    inputs = {}
+    unknown = sorted(set(shapes) - {i.name for i in proto.graph.input})
+    if unknown:
+        raise BenchmarkError(f"{path}: --shape names {unknown}, not inputs of this graph")
+    for value in (i for i in proto.graph.input if i.name not in weights):
+        kind = value.type.tensor_type.elem_type
+        if kind not in _ONNX_DTYPES:
+            raise BenchmarkError(f"{path}: input {value.name!r} is of ONNX type "
+                                 f"{onnx.TensorProto.DataType.Name(kind)}, which bench cannot make data for")
+        graph_dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        dims = list(shapes.get(value.name, graph_dims))
+        if value.name in shapes and len(dims) != len(graph_dims):
+            raise BenchmarkError(f"{path}: --shape gives {value.name!r} {len(dims)} dims, the graph has "
+                                 f"{len(graph_dims)}")
+        if dims and graph_dims and graph_dims[0] is None:
+            dims[0] = None  # the batch axis: each cell's --batch
+        if None in dims[1:]:
+            shown = "x".join("?" if d is None else str(d) for d in graph_dims)
+            raise BenchmarkError(f"{path}: has no edgepipe contract and input {value.name!r} has dynamic dims "
+                                 f"({shown}); give them with --shape {value.name}:" +
+                                 "x".join("1" if d is None and i == 0 else "N" if d is None else str(d)
+                                          for i, d in enumerate(graph_dims)))
+        inputs[value.name] = (dims, _ONNX_DTYPES[kind])
+    return inputs
 
 
 def _providers(ep: str, threads: int, batch: int, info: _ArtifactInfo, cache_dir: Path) -> list:
@@ -226,14 +282,18 @@ def _providers(ep: str, threads: int, batch: int, info: _ArtifactInfo, cache_dir
         return [("OpenVINOExecutionProvider", {"device_type": "CPU", "num_of_threads": str(threads)})]
     if ep == "cuda":
         return [("CUDAExecutionProvider", {"device_id": "0"})]
-    c, h, w = info.meta.input.shape_chw
-    dims = (batch, c, h, w) if info.meta.input.layout == Layout.NCHW else (batch, h, w, c)
-    shape = f"{info.meta.input_name}:{'x'.join(map(str, dims))}"
+    if info.meta is None:
+        shape = ",".join(f"{name}:{'x'.join(str(batch if d is None else d) for d in dims)}"
+                         for name, (dims, _) in info.raw_inputs.items())
+    else:
+        c, h, w = info.meta.input.shape_chw
+        dims = (batch, c, h, w) if info.meta.input.layout == Layout.NCHW else (batch, h, w, c)
+        shape = f"{info.meta.input_name}:{'x'.join(map(str, dims))}"
     # One fixed profile per batch, so the engine is built (or loaded from the cache) at session creation.
     return [("TensorrtExecutionProvider", {
         "device_id": "0", "trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
         "trt_engine_cache_path": str(cache_dir / "trt_engines"), "trt_timing_cache_path": str(cache_dir / "trt_engines"),
-        "trt_fp16_enable": str(info.meta.precision.value == "fp16"),
+        "trt_fp16_enable": str(info.precision == "fp16"),
         "trt_profile_min_shapes": shape, "trt_profile_opt_shapes": shape, "trt_profile_max_shapes": shape,
     })]
 
@@ -262,12 +322,13 @@ def _run_worker(python: Path, extra: dict, info: _ArtifactInfo, image: Path, thr
     """Run one cell in a fresh worker process; every failure comes back as a result dict, never raised."""
     with tempfile.TemporaryDirectory(prefix="cell-", dir=shim.parent) as cell_dir:
         spec = {**extra, "artifact": str(info.path), "meta": info.meta_json, "image": str(image), "threads": threads,
-                "batch": batch, "warmup": options.warmup, "runs": options.runs, "profile_dir": cell_dir}
+                "batch": batch, "warmup": options.warmup, "runs": options.runs, "profile_dir": cell_dir,
+                "raw_inputs": info.raw_inputs}
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "VIRTUAL_ENV")}
         # The worker's own thread pools get the cell's count; so do OpenMP/BLAS pools a library may start.
         env.update({"PYTHONPATH": str(shim), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                     "OPENBLAS_NUM_THREADS": str(threads)})
-        log.info("%s %s %s threads=%d batch=%d", info.meta.model_name, info.meta.precision.value,
+        log.info("%s %s %s threads=%d batch=%d", info.name, info.precision,
                  extra.get("provider", extra["kind"]), threads, batch)
         try:
             done = subprocess.run([str(python), "-m", "edgepipe.bench_worker"], input=json.dumps(spec),
@@ -288,7 +349,7 @@ def _row(info: _ArtifactInfo, ep: str, env: str, threads: int, batch: int, resul
          machine: dict) -> BenchmarkRow:
     """Turn a worker result into a row: percentiles, throughput, fallback flag and roofline share."""
     peak = per_core * min(threads, machine.get("cores") or threads) if per_core else None
-    common = dict(model=info.meta.model_name, precision="fp32" if ep == "torch" else info.meta.precision.value,
+    common = dict(model=info.name, precision="fp32" if ep == "torch" else info.precision,
                   ep=ep, threads=threads, batch=batch, artifact=str(info.path), env=env,
                   runtime=result.get("runtime", ""), size_mb=None if ep == "torch" else info.size_mb,
                   gflops=_sig(info.gflops), peak_gflops=_sig(peak), machine=machine,

@@ -112,6 +112,15 @@ def _cmd_quantize(args) -> int:
     return 0
 
 
+def _input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """NAME:DxDx...: an input name and its whole shape, every dim a whole number > 0."""
+    name, colon, dims = text.rpartition(":")
+    parts = dims.lower().split("x")
+    if not colon or not name or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected NAME:1x3x640x640 (an input name, then every dim > 0), got {text!r}")
+    return name, tuple(int(p) for p in parts)
+
+
 def _cmd_bench(args) -> int:
     from edgepipe.benchmark import BenchOptions, benchmark
     from edgepipe.report import render_table
@@ -120,7 +129,8 @@ def _cmd_bench(args) -> int:
     check_destination(args.json)
     options = BenchOptions(eps=tuple(args.ep.split(",")), threads=args.threads, batch=args.batch, warmup=args.warmup,
                            runs=args.runs, strict_ep=args.strict_ep, baselines=not args.no_baselines,
-                           peak_gflops_per_core=args.peak_gflops, cache_dir=args.cache_dir, image=args.image)
+                           peak_gflops_per_core=args.peak_gflops, cache_dir=args.cache_dir, image=args.image,
+                           shapes=dict(args.shape or []))
     rows = [r.to_dict() for r in benchmark([Path(a) for a in args.artifacts], options)]
     atomic_write(args.json, json.dumps(rows, indent=1).encode())
     columns = ["model", "precision", "ep", "threads", "batch", "status", "latency_ms_p50", "latency_ms_p99",
@@ -252,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="latency, throughput, memory and cold start per EP x threads x batch, each "
                            "cell in a fresh worker process, with torch-eager and OpenCV-DNN baselines")
-    bench.add_argument("artifacts", nargs="+", help="edgepipe .onnx files (any precision)")
+    bench.add_argument("artifacts", nargs="+", help="edgepipe .onnx files (any precision), or any ONNX file: "
+                       "without a contract it runs on seeded random inputs of its graph's shapes (no baselines)")
     bench.add_argument("--ep", default="cpu", help="comma-separated: cpu, openvino, cuda, tensorrt (default cpu)")
     bench.add_argument("--threads", type=ints, default=(1, 2), help="comma-separated intra-op threads (default 1,2)")
     bench.add_argument("--batch", type=ints, default=(1,), help="comma-separated batch sizes (default 1)")
@@ -263,6 +274,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-baselines", action="store_true", help="skip the torch-eager and OpenCV-DNN rows")
     bench.add_argument("--peak-gflops", type=float, help="fp32 peak GFLOP/s of ONE core (default: from ISA x clock)")
     bench.add_argument("--image", type=Path, help="input photo (default: the first sample photo)")
+    bench.add_argument("--shape", type=_input_shape, action="append", metavar="NAME:1x3x640x640",
+                       help="a contract-less file's input with dynamic dims: its whole shape (the first axis is the "
+                       "batch, set by --batch where the graph leaves it dynamic); repeat per input")
     bench.add_argument("--json", type=Path, required=True, help="write the rows here")
     bench.set_defaults(func=_cmd_bench)
 

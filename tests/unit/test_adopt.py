@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepipe.adopt import AdoptOptions, adopt
-from edgepipe.cli import main
+from edgepipe.cli import _input_shape, main
 from edgepipe.cli_adopt import _setting, _size, _triple
 from edgepipe.errors import ArtifactError
 from edgepipe.runtime import FaceEmbedder, load
@@ -109,7 +109,8 @@ def test_the_cli_refuses_a_non_model_and_a_detector_without_labels(tmp_path, cap
 @given(st.text(max_size=12))
 def test_flag_parsers_take_what_they_promise_or_refuse_with_the_text(text):
     for parse, valid in ((_size, lambda v: min(v) > 0), (_triple, lambda v: len(v) == 3 and np.isfinite(v).all()),
-                         (_setting, lambda v: v[0].isidentifier())):
+                         (_setting, lambda v: v[0].isidentifier()),
+                         (_input_shape, lambda v: v[0] and all(d > 0 for d in v[1]))):
         try:
             value = parse(text)
         except argparse.ArgumentTypeError as e:

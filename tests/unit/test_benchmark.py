@@ -212,3 +212,34 @@ def test_quantized_artifact_json_gives_an_accuracy_point():
              "latency_ms_p50": ms} for p, ms in (("fp32", 50.0), ("int8", 30.0))]
     points = {p.precision: p for p in accuracy_points(rows, [quantized, fp32])}
     assert points["int8"].accuracy == 0.27 and points["fp32"].accuracy == 0.28
+
+
+def _contractless(path: Path, dims) -> Path:
+    """A Conv + pool graph with no edgepipe metadata, its input `x` of `dims` (names are dynamic)."""
+    model = _model([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+                    helper.make_node("GlobalAveragePool", ["c"], ["y"])],
+                   [_input("x", list(dims))], [_output("y")], [_weight("w", (4, 3, 3, 3))])
+    onnx.save(model, path)
+    return path
+
+
+def test_a_file_without_a_contract_runs_on_random_inputs_of_its_shapes(tmp_path):
+    path = _contractless(tmp_path / "theirs.onnx", ("batch", 3, "h", "w"))
+    options = dict(threads=(1,), warmup=0, runs=2, cache_dir=tmp_path, image=_image(tmp_path))
+    with pytest.raises(BenchmarkError, match=r"input 'x' has dynamic dims \(\?x3x\?x\?\); give them with --shape "
+                                             r"x:1x3xNxN"):
+        benchmark([path], BenchOptions(**options))
+    with pytest.raises(BenchmarkError, match=r"--shape names \['image'\], not inputs of this graph"):
+        benchmark([path], BenchOptions(**options, shapes={"image": (1, 3, 8, 8)}))
+    rows = benchmark([path], BenchOptions(**options, batch=(1, 3), shapes={"x": (1, 3, 32, 48)}))
+    assert [(r.model, r.precision, r.batch, r.status) for r in rows] == [("theirs", "fp32", 1, "ok"),
+                                                                        ("theirs", "fp32", 3, "ok")]
+    assert rows[0].gflops == pytest.approx(2 * 4 * 32 * 48 * 27 / 1e9, rel=0.05)  # counted at the --shape size
+
+
+def test_a_fixed_batch_is_a_failed_cell_for_another_batch(tmp_path):
+    path = _contractless(tmp_path / "b1.onnx", (1, 3, 16, 16))
+    rows = benchmark([path], BenchOptions(threads=(1,), batch=(1, 2), warmup=0, runs=2, cache_dir=tmp_path,
+                                          image=_image(tmp_path)))
+    assert [r.status for r in rows] == ["ok", "failed"]
+    assert rows[1].reason == "input 'x' has its batch fixed at 1; it cannot run a batch of 2"
