@@ -266,12 +266,12 @@ def _dry_run(path: Path, meta: ArtifactMeta, source: Path) -> dict:
                     "--resize letterbox feeds it one size" if (height, width) != meta.input.input_hw else "")
             raise ArtifactError(f"{source}: does not run on a {width}x{height} (WxH) input "
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:120]}){hint}") from e
-        classes = outputs[0].shape[-1] if meta.task == Task.DETECTION else 0
+        found = tuple(tuple(o.shape[1:]) for o in outputs)
+        classes = meta.head.classes_in(found) if meta.task == Task.DETECTION else 0
         if meta.task == Task.DETECTION and meta.labels and classes != len(meta.labels):
             raise ArtifactError(f"{source}: output {meta.head.outputs[0]!r} scores {classes} classes, the labels "
                                 f"name {len(meta.labels)}")
         expected = meta.head.output_shapes((height, width), classes)
-        found = tuple(tuple(o.shape[1:]) for o in outputs)
         if found != tuple(map(tuple, expected)):
             wrong = next(i for i, (f, e) in enumerate(zip(found, expected)) if f != tuple(e))
             raise ArtifactError(f"{source}: at {width}x{height}, output {meta.head.outputs[wrong]!r} is "

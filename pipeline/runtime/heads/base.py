@@ -33,7 +33,8 @@ class Head(Protocol):
     """An output head: a frozen dataclass of decoder parameters that an artifact's contract carries.
 
     `kind` names it in the contract; `outputs` are the graph outputs it reads, in order; `task` is what the model
-    does; `resize` is the preprocessing it needs (None: any); `quant_defaults` is where int8 starts.
+    does; `resize` is the preprocessing it needs (None: any); `quant_defaults` is where int8 starts. A box detector
+    also says how many classes its outputs hold (`classes_in(shapes)`), which `adopt` checks against the labels.
     """
 
     kind: str

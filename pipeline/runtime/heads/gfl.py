@@ -57,6 +57,10 @@ class GFLHead:
         cells = len(gfl_centres(self, input_hw)[0])
         return (cells, num_classes), (cells, 4 * (self.reg_max + 1))
 
+    def classes_in(self, shapes: tuple[tuple[int, ...], ...]) -> int:
+        """C, from the per-image output shapes a graph gave (dense: the scores' width)."""
+        return shapes[0][-1]
+
     def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, mapping: InputMapping,
                image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> list[Detection]:
         """Image `index` of a batch's raw outputs -> detections in source pixels, best first.

@@ -1,0 +1,86 @@
+"""Ultralytics YOLOv8 / YOLO11 detection head, as their ONNX export lays it out: one output (B, 4 + C, N), per
+anchor point a box (centre x, centre y, width, height in input pixels, already decoded in the graph) and C class
+probabilities (sigmoid applied), no objectness. `YOLOv8Head.decode` keeps each anchor's best class, runs class-wise
+NMS and maps the boxes back to the source image, as Ultralytics' own predictor does (single label per box)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+
+from edgepipe.runtime.enums import Resize, Task, check
+from edgepipe.runtime.errors import ArtifactError
+from edgepipe.runtime.heads.base import QuantDefaults
+from edgepipe.runtime.postprocess import multiclass_nms
+from edgepipe.runtime.results import Detection, InputMapping
+
+if TYPE_CHECKING:
+    from edgepipe.runtime.specs import ArtifactMeta
+
+__all__ = ["YOLOv8Head", "yolov8_boxes"]
+
+
+@dataclass(frozen=True)
+class YOLOv8Head:
+    """Anchor-free rows for every cell of the stride 8/16/32 grids, in one (4 + C, N) output per image."""
+
+    strides: tuple[int, ...] = (8, 16, 32)  # N = sum over strides of (H / s) * (W / s): 8400 at 640x640
+    score_thresh: float = 0.25  # Ultralytics' predict default (conf)
+    nms_iou: float = 0.7  # Ultralytics' predict default (iou), class-wise
+    max_per_image: int = 300  # Ultralytics' max_det
+    outputs: tuple[str, ...] = ("output0",)  # the name Ultralytics' exporter gives it
+    kind: str = "yolov8"
+
+    task: ClassVar[Task] = Task.DETECTION
+    resize: ClassVar[Resize | None] = None  # Ultralytics letterboxes centred with grey 114: Resize.LETTERBOX_CENTER
+    # Not yet measured on a YOLO model here: NanoDet's measured settings, the closest family (dense anchor-free).
+    quant_defaults: ClassVar[QuantDefaults] = QuantDefaults("percentile", per_channel=True, reduce_range=True,
+                                                            calib_size=32)
+
+    def __post_init__(self) -> None:
+        check(len(self.strides) > 0 and all(s > 0 for s in self.strides),
+              f"YOLOv8Head.strides must be a non-empty tuple of positive ints, got {self.strides!r}")
+        check(0.0 < self.nms_iou <= 1.0, f"nms_iou must be in (0, 1], got {self.nms_iou}")
+        check(0.0 <= self.score_thresh <= 1.0, f"score_thresh must be in [0, 1], got {self.score_thresh}")
+        check(self.max_per_image >= 1, f"max_per_image must be >= 1, got {self.max_per_image}")
+        check(len(self.outputs) == 1, f"YOLOv8Head reads one output, got {list(self.outputs)}")
+
+    def anchors(self, input_hw: tuple[int, int]) -> int:
+        """N, the anchor points of an input of this size (each stride's grid, rounded up)."""
+        return sum(-(-input_hw[0] // s) * -(-input_hw[1] // s) for s in self.strides)
+
+    def output_shapes(self, input_hw: tuple[int, int], num_classes: int) -> tuple[tuple[int, ...], ...]:
+        """One (4 + C, N) output."""
+        return ((4 + num_classes, self.anchors(input_hw)),)
+
+    def classes_in(self, shapes: tuple[tuple[int, ...], ...]) -> int:
+        """C, from the per-image output shapes a graph gave."""
+        return shapes[0][0] - 4
+
+    def decode(self, outputs: list[np.ndarray], meta: ArtifactMeta, mapping: InputMapping,
+               image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> list[Detection]:
+        """Image `index` of a batch's (B, 4 + C, N) output -> detections in source pixels, best first."""
+        rows = outputs[0][index]
+        expected = self.anchors(mapping.input_size(meta.input.input_hw))
+        if rows.ndim != 2 or rows.shape[1] != expected or rows.shape[0] < 5:
+            raise ArtifactError(f"{meta.model_name}: output {self.outputs[0]!r} is {'x'.join(map(str, rows.shape))} "
+                                f"per image; the yolov8 head expects (4 + classes)x{expected}")
+        boxes, scores = yolov8_boxes(rows)
+        best = scores.argmax(1)
+        single = np.zeros_like(scores)  # one label per box, as Ultralytics' predictor (multi_label=False)
+        single[np.arange(len(best)), best] = scores[np.arange(len(best)), best]
+        thresh = self.score_thresh if score_thresh is None else float(score_thresh)
+        anchor, cls, score = multiclass_nms(boxes, single, thresh, self.nms_iou, self.max_per_image)
+        boxes = mapping.boxes_to_source(boxes[anchor], image_hw)
+        labels = meta.labels
+        return [Detection(boxes[i], float(score[i]), int(cls[i]),
+                          labels[cls[i]] if cls[i] < len(labels) else str(cls[i])) for i in range(len(score))]
+
+
+def yolov8_boxes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One image's (4 + C, N) rows -> boxes (N, 4) xyxy in input pixels and class scores (N, C)."""
+    cx, cy, w, h = rows[:4].astype(np.float32)
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    return boxes, rows[4:].T.astype(np.float32)

@@ -1,0 +1,87 @@
+"""The YOLOv8 / YOLO11 head: decoding Ultralytics' (B, 4 + C, N) layout, and a graph with exactly that layout, whose
+boxes are known, adopted and run end to end (no registry here ships real YOLO weights verified so far)."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgepipe.adopt import AdoptOptions, adopt
+from edgepipe.errors import ArtifactError
+from edgepipe.runtime import ObjectDetector
+from edgepipe.runtime.heads import YOLOv8Head
+from edgepipe.runtime.results import InputMapping
+from edgepipe.runtime.specs import ArtifactMeta, InputSpec, Precision, Resize, Task
+
+LABELS = ("person", "bicycle", "car")
+N_64 = 8 * 8 + 4 * 4 + 2 * 2  # anchors of a 64x64 input at strides 8, 16, 32
+
+
+def _rows(boxes_cxcywh_class_score) -> np.ndarray:
+    """(4 + 3, N_64) rows: the given (cx, cy, w, h, class, score) at the first anchors, the rest empty."""
+    rows = np.zeros((4 + len(LABELS), N_64), np.float32)
+    for anchor, (cx, cy, w, h, cls, score) in enumerate(boxes_cxcywh_class_score):
+        rows[:4, anchor] = cx, cy, w, h
+        rows[4 + cls, anchor] = score
+        rows[4 + (cls + 1) % len(LABELS), anchor] = score / 2  # a weaker second class: one label per box
+    return rows
+
+
+KNOWN = [(20, 20, 10, 10, 0, 0.9),  # person
+         (20.5, 20.5, 10, 10, 0, 0.8),  # the same person again: suppressed (IoU 0.82 > 0.7)
+         (21, 21, 10, 10, 2, 0.6),  # a car on it: another class, kept
+         (50, 40, 8, 16, 1, 0.2)]  # below the default 0.25
+
+
+def _meta(**input_changes):
+    spec = InputSpec((3, 64, 64), resize=Resize.LETTERBOX_CENTER, mean=(0,) * 3, std=(255,) * 3, **input_changes)
+    return ArtifactMeta("yolo.test", Task.DETECTION, Precision.FP32, spec, YOLOv8Head(), labels=LABELS)
+
+
+def test_decode_keeps_one_label_per_box_and_nms_is_class_wise():
+    found = YOLOv8Head().decode([_rows(KNOWN)[None]], _meta(), InputMapping(), (64, 64))
+    assert [(d.label, round(d.score, 2)) for d in found] == [("person", 0.9), ("car", 0.6)]
+    assert np.allclose(found[0].box_xyxy, [15, 15, 25, 25]) and np.allclose(found[1].box_xyxy, [16, 16, 26, 26])
+    assert [d.label for d in YOLOv8Head().decode([_rows(KNOWN)[None]], _meta(), InputMapping(), (64, 64),
+                                                 score_thresh=0.1)] == ["person", "car", "bicycle"]
+
+
+def test_a_wrong_anchor_count_is_one_line():
+    with pytest.raises(ArtifactError, match=r"is 7x83 per image; the yolov8 head expects \(4 \+ classes\)x84"):
+        YOLOv8Head().decode([_rows(KNOWN)[None, :, :-1]], _meta(), InputMapping(), (64, 64))
+    assert YOLOv8Head().output_shapes((640, 640), 80) == ((84, 8400),)
+
+
+def _ultralytics_layout_graph(path, rows: np.ndarray):
+    """images (1, 3, 64, 64) -> output0 (1, 7, 84): the known rows, plus 0 x the input's mean so the graph reads it."""
+    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], keepdims=0),
+             helper.make_node("Mul", ["m", "zero"], ["z"]),
+             helper.make_node("Add", ["rows", "z"], ["output0"])]
+    graph = helper.make_graph(nodes, "yolo_layout", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                                  [1, 3, 64, 64])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 7, N_64])],
+                              [numpy_helper.from_array(rows[None], "rows"),
+                               numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
+
+
+def test_a_graph_with_the_ultralytics_layout_is_adopted_and_its_boxes_land_on_the_photo(tmp_path):
+    source = _ultralytics_layout_graph(tmp_path / "yolo_layout.onnx", _rows(KNOWN))
+    artifact = adopt(source, tmp_path / "out", AdoptOptions(
+        head="yolov8", labels=LABELS, resize=Resize.LETTERBOX_CENTER, std=(255.0,) * 3, head_params={}))
+    assert artifact.meta.head.outputs == ("output0",) and artifact.meta.input_name == "images"
+    photo = np.zeros((64, 128, 3), np.uint8)  # 2:1, so the centred letterbox halves it and pads 16 px top/bottom
+    found = ObjectDetector.from_path(artifact.onnx_path).detect(photo)
+    assert [d.label for d in found] == ["person", "car"]
+    # input (15, 15, 25, 25) -> source: (x / 0.5, (y - 16) / 0.5)
+    assert np.allclose(found[0].box_xyxy, [30, 0, 50, 18], atol=1e-3)  # y clipped at the photo's top
+    assert np.allclose(found[1].box_xyxy, [32, 0, 52, 20], atol=1e-3)
+
+
+def test_adopting_a_yolo_layout_with_the_wrong_class_count_is_one_line(tmp_path):
+    source = _ultralytics_layout_graph(tmp_path / "yolo_layout.onnx", _rows(KNOWN))
+    with pytest.raises(ArtifactError, match=r"output 'output0' scores 3 classes, the labels name 2"):
+        adopt(source, tmp_path / "out", AdoptOptions(head="yolov8", labels=("a", "b")))
