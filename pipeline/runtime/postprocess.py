@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["nms", "multiclass_nms", "box_iou", "l2_normalize", "embedding_distance"]
+__all__ = ["nms", "multiclass_nms", "single_label_nms", "box_iou", "l2_normalize", "embedding_distance"]
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -69,6 +69,17 @@ def multiclass_nms(boxes: np.ndarray, scores: np.ndarray, score_thresh: float, i
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     anchor, cls = np.concatenate(kept_anchor), np.concatenate(kept_class)
     return top_k(anchor, cls, scores[anchor, cls], max_out)
+
+
+def single_label_nms(boxes: np.ndarray, scores: np.ndarray, score_thresh: float, iou_thresh: float,
+                     max_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`multiclass_nms` with each box kept for its best class only, as the YOLO family's predictors do
+    (multi_label=False): same arguments and results."""
+    rows = np.arange(len(scores))
+    best = scores.argmax(1) if scores.size else np.zeros(0, np.int64)
+    single = np.zeros_like(scores)
+    single[rows, best] = scores[rows, best]
+    return multiclass_nms(boxes, single, score_thresh, iou_thresh, max_out)
 
 
 def top_k(anchor: np.ndarray, cls: np.ndarray, score: np.ndarray, k: int):

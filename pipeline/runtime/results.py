@@ -45,6 +45,13 @@ class Detection:
     class_id: int  # index into the artifact's labels
     label: str
 
+    @staticmethod
+    def many(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray, labels: tuple[str, ...]) -> list["Detection"]:
+        """One per row; a class id beyond the labels is named by its number."""
+        return [Detection(boxes[i], float(scores[i]), int(classes[i]),
+                          labels[classes[i]] if classes[i] < len(labels) else str(classes[i]))
+                for i in range(len(scores))]
+
 
 @dataclass(frozen=True)
 class Face:

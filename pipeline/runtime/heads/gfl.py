@@ -83,10 +83,7 @@ class GFLHead:
             mine = np.flatnonzero((selected[:, 0] == index) & (all_scores > max(thresh, self.graph_score_floor)))
             kept = mine[np.argsort(-all_scores[mine], kind="stable")[:self.max_per_image]]
             cls, boxes, score = selected[kept, 1], all_boxes[kept], all_scores[kept]
-        boxes = mapping.boxes_to_source(boxes, image_hw)
-        labels = meta.labels
-        return [Detection(boxes[i], float(score[i]), int(cls[i]),
-                          labels[cls[i]] if cls[i] < len(labels) else str(cls[i])) for i in range(len(score))]
+        return Detection.many(mapping.boxes_to_source(boxes, image_hw), cls, score, meta.labels)
 
 
 def gfl_centres(head: GFLHead, input_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

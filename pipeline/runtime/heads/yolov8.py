@@ -13,7 +13,7 @@ import numpy as np
 from edgepipe.runtime.enums import Resize, Task, check
 from edgepipe.runtime.errors import ArtifactError
 from edgepipe.runtime.heads.base import QuantDefaults
-from edgepipe.runtime.postprocess import multiclass_nms
+from edgepipe.runtime.postprocess import single_label_nms
 from edgepipe.runtime.results import Detection, InputMapping
 
 if TYPE_CHECKING:
@@ -68,15 +68,10 @@ class YOLOv8Head:
             raise ArtifactError(f"{meta.model_name}: output {self.outputs[0]!r} is {'x'.join(map(str, rows.shape))} "
                                 f"per image; the yolov8 head expects (4 + classes)x{expected}")
         boxes, scores = yolov8_boxes(rows)
-        best = scores.argmax(1)
-        single = np.zeros_like(scores)  # one label per box, as Ultralytics' predictor (multi_label=False)
-        single[np.arange(len(best)), best] = scores[np.arange(len(best)), best]
         thresh = self.score_thresh if score_thresh is None else float(score_thresh)
-        anchor, cls, score = multiclass_nms(boxes, single, thresh, self.nms_iou, self.max_per_image)
-        boxes = mapping.boxes_to_source(boxes[anchor], image_hw)
-        labels = meta.labels
-        return [Detection(boxes[i], float(score[i]), int(cls[i]),
-                          labels[cls[i]] if cls[i] < len(labels) else str(cls[i])) for i in range(len(score))]
+        # one label per box, as Ultralytics' predictor (multi_label=False)
+        anchor, cls, score = single_label_nms(boxes, scores, thresh, self.nms_iou, self.max_per_image)
+        return Detection.many(mapping.boxes_to_source(boxes[anchor], image_hw), cls, score, meta.labels)
 
 
 def yolov8_boxes(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,7 @@
-"""The YOLOv8 / YOLO11 head: decoding Ultralytics' (B, 4 + C, N) layout, and a graph with exactly that layout, whose
-boxes are known, adopted and run end to end (no registry here ships real YOLO weights verified so far)."""
+"""The YOLO heads: decoding Ultralytics v8/11 (B, 4 + C, N) and YOLOv5 (B, N, 5 + C) layouts, and a graph with
+Ultralytics' exact layout and known boxes, adopted and run end to end."""
+
+import dataclasses
 
 import numpy as np
 import onnx
@@ -9,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepipe.adopt import AdoptOptions, adopt
 from edgepipe.errors import ArtifactError
 from edgepipe.runtime import ObjectDetector
-from edgepipe.runtime.heads import YOLOv8Head
+from edgepipe.runtime.heads import YOLOv5Head, YOLOv8Head
 from edgepipe.runtime.results import InputMapping
 from edgepipe.runtime.specs import ArtifactMeta, InputSpec, Precision, Resize, Task
 
@@ -85,3 +87,21 @@ def test_adopting_a_yolo_layout_with_the_wrong_class_count_is_one_line(tmp_path)
     source = _ultralytics_layout_graph(tmp_path / "yolo_layout.onnx", _rows(KNOWN))
     with pytest.raises(ArtifactError, match=r"output 'output0' scores 3 classes, the labels name 2"):
         adopt(source, tmp_path / "out", AdoptOptions(head="yolov8", labels=("a", "b")))
+
+
+def test_yolov5_scores_are_objectness_times_class_and_one_label_per_box():
+    head = YOLOv5Head()
+    n = head.anchors((64, 64))
+    assert n == 3 * N_64 and head.output_shapes((640, 640), 80) == ((25200, 85),)
+    rows = np.zeros((n, 5 + len(LABELS)), np.float32)
+    rows[0] = [20, 20, 10, 10, 0.9, 1.0, 0.5, 0.0]  # person 0.9 (bicycle 0.45: not a second label)
+    rows[1] = [20.5, 20.5, 10, 10, 0.8, 1.0, 0.0, 0.0]  # the same person, suppressed (IoU 0.82 > 0.45)
+    rows[2] = [50, 40, 8, 16, 0.5, 0.0, 0.0, 0.4]  # car 0.2: below 0.25
+    meta = dataclasses.replace(_meta(), head=head)
+    found = head.decode([rows[None]], meta, InputMapping(), (64, 64))
+    assert [(d.label, round(d.score, 2)) for d in found] == [("person", 0.9)]
+    assert np.allclose(found[0].box_xyxy, [15, 15, 25, 25])
+    assert [d.label for d in head.decode([rows[None]], meta, InputMapping(), (64, 64), score_thresh=0.1)] == [
+        "person", "car"]
+    with pytest.raises(ArtifactError, match=r"the yolov5 head expects 252x\(5 \+ classes\)"):
+        head.decode([rows[None, :-1]], meta, InputMapping(), (64, 64))
