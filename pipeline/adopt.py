@@ -268,7 +268,7 @@ def _dry_run(path: Path, meta: ArtifactMeta, source: Path) -> dict:
                                 f"({type(e).__name__}: {str(e).splitlines()[0][:120]}){hint}") from e
         found = tuple(tuple(o.shape[1:]) for o in outputs)
         classes = meta.head.classes_in(found) if meta.task == Task.DETECTION else 0
-        if meta.task == Task.DETECTION and meta.labels and classes != len(meta.labels):
+        if meta.task == Task.DETECTION and meta.labels and classes and classes != len(meta.labels):
             raise ArtifactError(f"{source}: output {meta.head.outputs[0]!r} scores {classes} classes, the labels "
                                 f"name {len(meta.labels)}")
         expected = meta.head.output_shapes((height, width), classes)

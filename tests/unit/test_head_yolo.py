@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgepipe.adopt import AdoptOptions, adopt
 from edgepipe.errors import ArtifactError
 from edgepipe.runtime import ObjectDetector
-from edgepipe.runtime.heads import YOLOv5Head, YOLOv8Head
+from edgepipe.runtime.heads import End2EndHead, YOLOv5Head, YOLOv8Head
 from edgepipe.runtime.results import InputMapping
 from edgepipe.runtime.specs import ArtifactMeta, InputSpec, Precision, Resize, Task
 
@@ -105,3 +105,16 @@ def test_yolov5_scores_are_objectness_times_class_and_one_label_per_box():
         "person", "car"]
     with pytest.raises(ArtifactError, match=r"the yolov5 head expects 252x\(5 \+ classes\)"):
         head.decode([rows[None, :-1]], meta, InputMapping(), (64, 64))
+
+
+def test_end2end_rows_are_thresholded_and_mapped_back_without_nms():
+    head = End2EndHead(max_per_image=4)
+    rows = np.array([[15, 15, 25, 25, 0.9, 0], [16, 16, 26, 26, 0.95, 0], [0, 0, 0, 0, 0.0, 0],
+                     [40, 32, 48, 48, 0.3, 7]], np.float32)  # class 7: beyond the labels
+    meta = dataclasses.replace(_meta(), head=head)
+    mapping = InputMapping(scale_xy=(0.5, 0.5), offset_xy=(0.0, 16.0))
+    found = head.decode([rows[None]], meta, mapping, (64, 128))
+    assert [(d.label, round(d.score, 2)) for d in found] == [("person", 0.95), ("person", 0.9), ("7", 0.3)]
+    assert np.allclose(found[0].box_xyxy, [32, 0, 52, 20]) and head.output_shapes((640, 640), 80) == ((4, 6),)
+    with pytest.raises(ArtifactError, match="expects Kx6"):
+        head.decode([rows[None, :, :5]], meta, mapping, (64, 128))
