@@ -31,7 +31,7 @@ from edgepipe.runtime.heads import HEADS
 from edgepipe.runtime.specs import ArtifactMeta, InputSpec
 from edgepipe.sources import sha256_file
 
-__all__ = ["AdoptOptions", "adopt"]
+__all__ = ["AdoptOptions", "adopt", "raw_input_spec"]
 
 _QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
               "DynamicQuantizeLinear"}
@@ -77,14 +77,13 @@ def adopt(source: str | Path, out_dir: str | Path, options: AdoptOptions) -> Art
     check_destination(out_dir, folder=True)
     if not source.is_file():
         raise ArtifactError(f"{source}: no such file")
-    try:
-        proto = onnx.load(str(source))
-    except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a model
-        raise ArtifactError(f"{source}: not an ONNX model ({type(e).__name__})") from e
+    proto = _load(source)
     graph_input = _single_input(proto, source)
     spec_input, head, labels = _contract(options)
     layout, dims = _layout(graph_input, spec_input.layout, source)
-    spec_input = _input_spec(spec_input, options, layout, dims, graph_input, source)
+    overrides = {key: getattr(options, key) for key in ("resize", "size_multiple", "color", "mean", "std")}
+    spec_input = _input_spec(spec_input, overrides, options.input_size, options.any_size, layout, dims, graph_input,
+                             source)
     if options.any_size:
         _open_size(graph_input, proto, layout)
     head = _head(head, options, spec_input.input_hw)
@@ -115,6 +114,28 @@ def adopt(source: str | Path, out_dir: str | Path, options: AdoptOptions) -> Art
                "meta": json.loads(meta.to_json())}
     json_path = atomic_write(out_path.with_suffix(".json"), json.dumps(figures, indent=1).encode())
     return Artifact(out_path, json_path, meta, figures)
+
+
+def raw_input_spec(source: str | Path, *, input_size: tuple[int, int] | None = None, resize: Resize | None = None,
+                   color: Color | None = None, mean: tuple[float, float, float] | None = None,
+                   std: tuple[float, float, float] | None = None) -> InputSpec:
+    """The input contract of a graph that has none (for `quantize` on it), from its image input and these choices;
+    by default raw 0-255 RGB pixels, stretched to the graph's fixed size. Raises ArtifactError as `adopt` does."""
+    source = Path(source)
+    if not source.is_file():
+        raise ArtifactError(f"{source}: no such file")
+    graph_input = _single_input(_load(source), source)
+    base = InputSpec((3, 1, 1), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), resize=Resize.STRETCH)
+    layout, dims = _layout(graph_input, base.layout, source)
+    overrides = {"resize": resize, "color": color, "mean": mean, "std": std}
+    return _input_spec(base, overrides, input_size, False, layout, dims, graph_input, source)
+
+
+def _load(source: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(source))
+    except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a model
+        raise ArtifactError(f"{source}: not an ONNX model ({type(e).__name__})") from e
 
 
 def _single_input(proto: onnx.ModelProto, source: Path) -> onnx.ValueInfoProto:
@@ -154,20 +175,21 @@ def _layout(graph_input: onnx.ValueInfoProto, preferred: Layout, source: Path) -
     return (preferred if preferred in fits else fits[0]), dims
 
 
-def _input_spec(base: InputSpec, options: AdoptOptions, layout: Layout, dims: list[int | None],
-                graph_input: onnx.ValueInfoProto, source: Path) -> InputSpec:
+def _input_spec(base: InputSpec, overrides: dict, input_size: tuple[int, int] | None, any_size: bool,
+                layout: Layout, dims: list[int | None], graph_input: onnx.ValueInfoProto, source: Path) -> InputSpec:
+    """`base` with the graph's layout, size (or `input_size`, WxH) and dtype, and the non-None `overrides`."""
     graph_hw = tuple(dims[2:4]) if layout == Layout.NCHW else tuple(dims[1:3])
-    if options.input_size is not None:
-        width, height = options.input_size
+    if input_size is not None:
+        width, height = input_size
         hw = (height, width)
-    elif base.shape_chw[1:] != (1, 1) and (options.any_size or None in graph_hw):
+    elif base.shape_chw[1:] != (1, 1) and (any_size or None in graph_hw):
         hw = base.shape_chw[1:]  # the zoo contract's size, for a graph that takes it
     elif None not in graph_hw:
         hw = graph_hw
     else:
         raise ArtifactError(f"{source}: input {graph_input.name!r} has a dynamic height or width; give its size with "
                             "--input-size WxH")
-    if None not in graph_hw and graph_hw != tuple(hw) and not options.any_size:
+    if None not in graph_hw and graph_hw != tuple(hw) and not any_size:
         raise ArtifactError(f"{source}: input {graph_input.name!r} is fixed at {graph_hw[1]}x{graph_hw[0]} (WxH), the "
                             f"contract says {hw[1]}x{hw[0]}; use --input-size {graph_hw[1]}x{graph_hw[0]}, or "
                             "--any-size if the graph takes other sizes")
@@ -177,9 +199,7 @@ def _input_spec(base: InputSpec, options: AdoptOptions, layout: Layout, dims: li
                             f"{onnx.TensorProto.DataType.Name(graph_input.type.tensor_type.elem_type)}; edgepipe feeds "
                             "float32 or uint8 images")
     changes = {"shape_chw": (3, *hw), "layout": layout, "dtype": dtype}
-    for key in ("resize", "size_multiple", "color", "mean", "std"):
-        if getattr(options, key) is not None:
-            changes[key] = getattr(options, key)
+    changes.update({key: value for key, value in overrides.items() if value is not None})
     if dtype == "uint8":
         changes.update(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     return dataclasses.replace(base, **changes)

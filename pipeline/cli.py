@@ -13,8 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from edgepipe.cli_adopt import add_adopt_command
-from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, positive_int
+from edgepipe.cli_adopt import add_adopt_command, add_input_flags, input_choices
+from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, positive_int, score
 from edgepipe.cli_faces import add_face_commands
 from edgepipe.cli_train import add_training_commands
 from edgepipe.errors import EdgepipeError
@@ -94,8 +94,40 @@ def _metric_text(name: str, value: float) -> str:
 _NOT_FRACTIONS = {"threshold"}  # the verification threshold is a distance
 
 
+def _has_contract(path: Path) -> bool:
+    """Whether an ONNX file carries an edgepipe contract (a missing or broken file: let the command say so)."""
+    import onnx
+
+    from edgepipe.runtime.session import METADATA_KEY
+
+    try:
+        return any(p.key == METADATA_KEY for p in onnx.load(str(path), load_external_data=False).metadata_props)
+    except Exception:  # not ONNX, or missing: the artifact path reports it in one line
+        return True
+
+
+def _cmd_quantize_raw(args) -> int:
+    from edgepipe.adopt import raw_input_spec
+    from edgepipe.quantize import CalibMethod
+    from edgepipe.quantize_raw import quantize_raw
+
+    spec = raw_input_spec(args.artifact, **input_choices(args))
+    figures = quantize_raw(args.artifact, args.precision, args.out, spec, calib_dir=args.calib,
+                           calib_size=args.calib_size or 32, method=CalibMethod(args.method or "minmax"),
+                           min_cosine=args.min_cosine)
+    speed, budget = figures["speed"], figures["budget"]
+    print(f"wrote {Path(args.out) / figures['onnx']} ({figures['size_mb']} MB, {figures['size_vs_fp32']:.2f} of fp32); "
+          f"{speed['fp32_ms_p50']} -> {speed['ms_p50']} ms ({speed['speedup']}x) at {speed['threads']} threads; no "
+          f"contract, so the budget is output parity: worst cosine to fp32 {budget['worst_cosine']:.4f} (>= "
+          f"{budget['min_cosine']:g})")
+    return 0
+
+
 def _cmd_quantize(args) -> int:
     from edgepipe.quantize import CalibMethod, QuantizeOptions, quantize
+
+    if not _has_contract(Path(args.artifact)):
+        return _cmd_quantize_raw(args)
 
     options = QuantizeOptions(calib_dir=args.calib, calib_size=args.calib_size, eval_data=args.eval_data,
                               method=CalibMethod(args.method) if args.method else None, per_channel=args.per_channel,
@@ -239,7 +271,9 @@ def _parser() -> argparse.ArgumentParser:
 
     quant = sub.add_parser("quantize", help="fp16 / int8 / int8-dynamic copy of an fp32 artifact, with its accuracy "
                            "cost (within a budget) and speed measured")
-    quant.add_argument("artifact", help="an fp32 edgepipe .onnx")
+    quant.add_argument("artifact", help="an fp32 edgepipe .onnx, or any fp32 ONNX file with one image input: "
+                       "without a contract the budget is output parity (--min-cosine), and --input-size/--resize/"
+                       "--color/--mean/--std say how photos become its input")
     quant.add_argument("--precision", required=True, choices=["fp16", "int8", "int8-dynamic"])
     quant.add_argument("--calib", type=Path, help="folder of real photos to calibrate on (int8; photos not in the "
                        "evaluation set)")
@@ -257,6 +291,9 @@ def _parser() -> argparse.ArgumentParser:
                        "0.3 verification accuracy, 1.0 face AP@0.5)")
     quant.add_argument("--detector", type=Path, help="face detector artifact, to find and align faces for an embedder "
                        f"(default: {FACE_DETECTOR} beside ARTIFACT, else in CACHE/artifacts)")
+    quant.add_argument("--min-cosine", type=score, default=0.99, help="a file without a contract: every output's "
+                       "cosine to fp32 must reach this (default 0.99)")
+    add_input_flags(quant, "(a file without a contract; default: the graph's fixed size, raw 0-255 RGB, stretched)")
     quant.add_argument("--out", required=True, help="output directory")
     quant.set_defaults(func=_cmd_quantize)
 

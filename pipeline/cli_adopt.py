@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["add_adopt_command"]
+__all__ = ["add_adopt_command", "add_input_flags", "input_choices"]
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -40,10 +40,28 @@ def _setting(text: str) -> tuple[str, object]:
         return key, value
 
 
+def add_input_flags(parser, size_default: str) -> None:
+    """How a photo becomes a graph's input: --input-size, --resize, --color, --mean, --std (adopt, and quantize on a
+    file without a contract)."""
+    parser.add_argument("--input-size", type=_size, metavar="WxH", help=f"the input size {size_default}")
+    parser.add_argument("--resize", choices=["letterbox", "letterbox_center", "stretch", "pad"],
+                        help="how a photo becomes the input (pad: the photo's own size, padded to a multiple)")
+    parser.add_argument("--color", choices=["rgb", "bgr"], help="channel order the graph expects")
+    parser.add_argument("--mean", type=_triple, metavar="A,B,C", help="subtracted from 0-255 pixels, per channel")
+    parser.add_argument("--std", type=_triple, metavar="A,B,C", help="divided after the mean, per channel")
+
+
+def input_choices(args) -> dict:
+    """The add_input_flags values as InputSpec fields (None where not given)."""
+    from edgepipe.runtime.enums import Color, Resize
+
+    return {"input_size": args.input_size, "resize": Resize(args.resize) if args.resize else None,
+            "color": Color(args.color.upper()) if args.color else None, "mean": args.mean, "std": args.std}
+
+
 def _cmd_adopt(args) -> int:
     from edgepipe.adopt import AdoptOptions, adopt
     from edgepipe.runtime.atomic import read_text
-    from edgepipe.runtime.enums import Color, Resize
 
     labels = None
     if args.labels:
@@ -53,10 +71,8 @@ def _cmd_adopt(args) -> int:
         if getattr(args, key) is not None:
             head_params[key] = getattr(args, key)
     options = AdoptOptions(
-        like=args.like, head=args.head, name=args.name, input_size=args.input_size,
-        resize=Resize(args.resize) if args.resize else None, size_multiple=args.size_multiple,
-        any_size=args.any_size, color=Color(args.color.upper()) if args.color else None, mean=args.mean, std=args.std,
-        labels=labels, outputs=tuple(args.outputs.split(",")) if args.outputs else None, template_of=args.template_of,
+        like=args.like, head=args.head, name=args.name, size_multiple=args.size_multiple, any_size=args.any_size,
+        **input_choices(args), labels=labels, outputs=tuple(args.outputs.split(",")) if args.outputs else None, template_of=args.template_of,
         head_params=head_params)
     artifact = adopt(Path(args.model), Path(args.out), options)
     meta, sizes = artifact.meta, ", ".join(artifact.figures["checks"]["output_shapes"])
@@ -84,16 +100,10 @@ def add_adopt_command(sub) -> None:
                        "(see `edgepipe zoo list`)")
     start.add_argument("--head", choices=sorted(HEADS), help="the output head, with its defaults")
     adopt.add_argument("--name", help="the artifact's model name (default: the file's stem + .adopted)")
-    adopt.add_argument("--input-size", type=_size, metavar="WxH", help="the input size (default: the graph's fixed "
-                       "size, or with --like that model's)")
-    adopt.add_argument("--resize", choices=["letterbox", "letterbox_center", "stretch", "pad"],
-                       help="how a photo becomes the input (pad: the photo's own size, padded to --size-multiple)")
+    add_input_flags(adopt, "(default: the graph's fixed size, or with --like that model's)")
     adopt.add_argument("--size-multiple", type=positive_int, help="with --resize pad: H and W are multiples of this")
     adopt.add_argument("--any-size", action="store_true", help="the graph declares a fixed H, W but computes any "
                        "(as YuNet's 640x640, which OpenCV overrides per image): make them symbolic")
-    adopt.add_argument("--color", choices=["rgb", "bgr"], help="channel order the graph expects")
-    adopt.add_argument("--mean", type=_triple, metavar="A,B,C", help="subtracted from 0-255 pixels, per channel")
-    adopt.add_argument("--std", type=_triple, metavar="A,B,C", help="divided after the mean, per channel")
     adopt.add_argument("--labels", help="class names, one per line (detectors; their count must match the graph's)")
     adopt.add_argument("--outputs", metavar="A,B,...", help="the graph outputs the head reads, in the head's order")
     adopt.add_argument("--template-of", metavar="ZOO_MODEL", help="embedding heads: use this zoo embedder's chip "

@@ -59,10 +59,22 @@ class CalibMethod(str, Enum):
     PERCENTILE = "percentile"
 
 
-_ORT_METHOD = {CalibMethod.MINMAX: CalibrationMethod.MinMax, CalibMethod.ENTROPY: CalibrationMethod.Entropy,
+def float16_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """fp16 weights and compute, float32 inputs and outputs. Weights that an older exporter also lists as graph
+    inputs (MXNet's, in OpenCV Zoo's SFace) are dropped from the inputs first, or they would stay float32 as "I/O"."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    weights = {init.name for init in copy.graph.initializer}
+    inputs = [value for value in copy.graph.input if value.name not in weights]
+    del copy.graph.input[:]
+    copy.graph.input.extend(inputs)
+    return float16.convert_float_to_float16(copy, keep_io_types=True)
+
+
+ORT_METHODS = {CalibMethod.MINMAX: CalibrationMethod.MinMax, CalibMethod.ENTROPY: CalibrationMethod.Entropy,
                CalibMethod.PERCENTILE: CalibrationMethod.Percentile}
 _PRECISIONS = (Precision.FP16, Precision.INT8, Precision.INT8_DYNAMIC)
-_QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
+QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
 # Task -> (EvalReport metric, largest accepted drop in points, i.e. percent of the [0, 1] metric).
 _BUDGET = {Task.DETECTION: ("map_50_95", 1.0), Task.FACE_EMBEDDING: ("accuracy", 0.3),
            Task.FACE_DETECTION: ("ap_50", 1.0)}
@@ -192,10 +204,10 @@ def quantize(artifact: Path, precision: str, out_dir: Path, options: QuantizeOpt
         fp32_metric = _metric(Path(artifact), options) if options.eval_data is not None else None
         settings = {"precision": target.value, "source": str(artifact), "inputs_from": str(photos[0].parent)}
         if target == Precision.FP16:
-            proto = float16.convert_float_to_float16(source, keep_io_types=True)
+            proto = float16_copy(source)
             attempts = [_attempt(tmp / "fp16.onnx", proto, meta, Path(artifact), options, fp32_metric, [])]
         elif target == Precision.INT8_DYNAMIC:
-            prepared = _preprocess(Path(artifact), tmp)
+            prepared = prepare_graph(Path(artifact), tmp)
             quantize_dynamic(prepared, tmp / "dynamic.onnx", per_channel=recipe.per_channel,
                              weight_type=QuantType.QInt8)
             proto = onnx.load(str(tmp / "dynamic.onnx"))
@@ -255,7 +267,7 @@ def _require_float(path: Path, meta: ArtifactMeta, proto: onnx.ModelProto) -> No
     """Refuse a model whose contract or graph is already quantized."""
     if meta.precision != Precision.FP32:
         raise QuantizeError(f"{path}: is already {meta.precision.value}; quantize the fp32 artifact")
-    found = sorted({n.op_type for n in proto.graph.node if n.op_type in _QUANT_OPS or n.op_type.startswith("QLinear")})
+    found = sorted({n.op_type for n in proto.graph.node if n.op_type in QUANT_OPS or n.op_type.startswith("QLinear")})
     if found:
         raise QuantizeError(f"{path}: already holds quantized nodes {found}; quantize the fp32 artifact")
 
@@ -272,7 +284,7 @@ def _resolve(meta: ArtifactMeta, options: QuantizeOptions) -> _Recipe:
 _MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their `axis`) need opset 13
 
 
-def _preprocess(artifact: Path, tmp: Path) -> Path:
+def prepare_graph(artifact: Path, tmp: Path) -> Path:
     """onnxruntime's pre-quantization pass: shape inference plus basic fusions (e.g. Conv + Mul + Add). A graph
     below opset 13 (an adopted file, e.g. OpenCV Zoo's opset-11 SFace) is converted to 13 first."""
     prepared, source = tmp / "prepared.onnx", artifact
@@ -291,7 +303,7 @@ def _preprocess(artifact: Path, tmp: Path) -> Path:
 def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Recipe, options: QuantizeOptions,
             fp32_metric: _Metric | None, first_round: int = 0) -> list[_Attempt]:
     """Calibrate once, quantize, and while over budget keep the most harmful nodes in float and retry."""
-    prepared = _preprocess(artifact, tmp)
+    prepared = prepare_graph(artifact, tmp)
     ranges = tmp / "ranges.json"  # activation ranges: computed once, reused by every round and weight setting
     if not ranges.is_file():
         _calibrate(prepared, meta, inputs, tmp, recipe.method)
@@ -305,7 +317,7 @@ def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Reci
             quantize_static(str(prepared), str(path), reader, quant_format=QuantFormat.QDQ,
                             per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=tail + excluded, calibrate_method=_ORT_METHOD[recipe.method],
+                            nodes_to_exclude=tail + excluded, calibrate_method=ORT_METHODS[recipe.method],
                             calibration_cache_path=str(ranges))
         except Exception as e:  # onnxruntime's calibrator raises untyped errors; report one line
             raise QuantizeError(f"{artifact}: int8 quantization failed: {type(e).__name__}: {str(e)[:200]}") from e
@@ -342,7 +354,7 @@ def _calibrate(prepared: Path, meta: ArtifactMeta, inputs, tmp: Path, method: Ca
     extra = {"num_bins": 2048, "num_quantized_bins": 128} if method == CalibMethod.ENTROPY else {}
     try:
         calibrator = create_calibrator(prepared, augmented_model_path=str(tmp / "augmented.onnx"),
-                                       calibrate_method=_ORT_METHOD[method], extra_options=extra)
+                                       calibrate_method=ORT_METHODS[method], extra_options=extra)
         with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print their progress
             calibrator.collect_data(ImageReader(meta.input_name, inputs, graph_batch_limit(prepared, meta.input_name)))
             save_tensors_data(calibrator.compute_data(), tmp / "ranges.json")
@@ -397,7 +409,7 @@ def _figures(fp32_path: Path, best: _Attempt, meta: ArtifactMeta, settings: dict
     proto = onnx.load(str(path))
     # A node kept in float still reads the DequantizeLinear of a quantized producer: the exclusions say it is float.
     quantized = set(quantized_nodes(proto)) - set(best.excluded) - set(best.float_tail_nodes)
-    float_nodes = [n.name for n in proto.graph.node if n.name not in quantized and n.op_type not in _QUANT_OPS]
+    float_nodes = [n.name for n in proto.graph.node if n.name not in quantized and n.op_type not in QUANT_OPS]
     if meta.precision == Precision.FP16:  # everything is half but the converter's block list (and its Casts)
         float_nodes = [n.name for n in proto.graph.node if n.op_type in float16.DEFAULT_OP_BLOCK_LIST]
     figures = {
