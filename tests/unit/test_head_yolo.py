@@ -2,6 +2,7 @@
 Ultralytics' exact layout and known boxes, adopted and run end to end."""
 
 import dataclasses
+import re
 
 import numpy as np
 import onnx
@@ -9,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgepipe.adopt import AdoptOptions, adopt
-from edgepipe.errors import ArtifactError
+from edgepipe.errors import ArtifactError, SpecError
 from edgepipe.runtime import ObjectDetector
 from edgepipe.runtime.heads import End2EndHead, YOLOv5Head, YOLOv8Head
 from edgepipe.runtime.results import InputMapping
@@ -118,3 +119,16 @@ def test_end2end_rows_are_thresholded_and_mapped_back_without_nms():
     assert np.allclose(found[0].box_xyxy, [32, 0, 52, 20]) and head.output_shapes((640, 640), 80) == ((4, 6),)
     with pytest.raises(ArtifactError, match="expects Kx6"):
         head.decode([rows[None, :, :5]], meta, mapping, (64, 128))
+
+
+@pytest.mark.parametrize("head, fields, needle", [
+    (YOLOv8Head, {"nms_iou": 0.0}, "nms_iou must be in (0, 1]"),
+    (YOLOv8Head, {"strides": ()}, "YOLOv8Head.strides must be positive ints"),
+    (YOLOv5Head, {"anchors_per_cell": 0}, "anchors_per_cell must be >= 1"),
+    (End2EndHead, {"max_per_image": 0}, "max_per_image must be >= 1"),
+    (End2EndHead, {"outputs": ("a", "b")}, "End2EndHead reads one output"),
+    (YOLOv5Head, {"score_thresh": 1.5}, "score_thresh must be in [0, 1]"),
+])
+def test_box_heads_refuse_bad_fields(head, fields, needle):
+    with pytest.raises(SpecError, match=re.escape(needle)):
+        head(**fields)

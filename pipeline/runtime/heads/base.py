@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from edgepipe.runtime.enums import Resize, Task
+from edgepipe.runtime.enums import Resize, Task, check
 from edgepipe.runtime.results import InputMapping
 
 if TYPE_CHECKING:
     from edgepipe.runtime.specs import ArtifactMeta
 
-__all__ = ["Head", "QuantDefaults"]
+__all__ = ["Head", "QuantDefaults", "check_box_head", "grid_cells"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,20 @@ class Head(Protocol):
                image_hw: tuple[int, int], score_thresh: float | None = None, index: int = 0) -> Any:
         """Image `index` of a batch's raw outputs -> the runtime's results for it, in source-image pixels."""
         ...
+
+
+def grid_cells(strides: tuple[int, ...], input_hw: tuple[int, int]) -> int:
+    """Cells of every stride's grid over an input of this size (each side rounded up), summed."""
+    return sum(-(-input_hw[0] // s) * -(-input_hw[1] // s) for s in strides)
+
+
+def check_box_head(head) -> None:
+    """What every single-output box head checks of itself: its thresholds, its cap, its one output (and its strides
+    where it has them). Raises SpecError naming the field."""
+    name = type(head).__name__
+    strides = getattr(head, "strides", (1,))
+    check(len(strides) > 0 and all(s > 0 for s in strides), f"{name}.strides must be positive ints, got {strides!r}")
+    check(0.0 < getattr(head, "nms_iou", 1.0) <= 1.0, f"nms_iou must be in (0, 1], got {getattr(head, 'nms_iou', None)}")
+    check(0.0 <= head.score_thresh <= 1.0, f"score_thresh must be in [0, 1], got {head.score_thresh}")
+    check(head.max_per_image >= 1, f"max_per_image must be >= 1, got {head.max_per_image}")
+    check(len(head.outputs) == 1, f"{name} reads one output, got {list(head.outputs)}")

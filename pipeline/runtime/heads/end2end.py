@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from edgepipe.runtime.enums import Resize, Task, check
+from edgepipe.runtime.enums import Resize, Task
 from edgepipe.runtime.errors import ArtifactError
-from edgepipe.runtime.heads.base import QuantDefaults
+from edgepipe.runtime.heads.base import QuantDefaults, check_box_head
 from edgepipe.runtime.results import Detection, InputMapping
 
 if TYPE_CHECKING:
@@ -36,9 +36,7 @@ class End2EndHead:
                                                             calib_size=32)
 
     def __post_init__(self) -> None:
-        check(self.max_per_image >= 1, f"max_per_image must be >= 1, got {self.max_per_image}")
-        check(0.0 <= self.score_thresh <= 1.0, f"score_thresh must be in [0, 1], got {self.score_thresh}")
-        check(len(self.outputs) == 1, f"End2EndHead reads one output, got {list(self.outputs)}")
+        check_box_head(self)
 
     def output_shapes(self, input_hw: tuple[int, int], num_classes: int) -> tuple[tuple[int, ...], ...]:
         """One (K, 6) output, whatever the size and the class count."""

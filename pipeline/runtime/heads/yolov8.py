@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from edgepipe.runtime.enums import Resize, Task, check
+from edgepipe.runtime.enums import Resize, Task
 from edgepipe.runtime.errors import ArtifactError
-from edgepipe.runtime.heads.base import QuantDefaults
+from edgepipe.runtime.heads.base import QuantDefaults, check_box_head, grid_cells
 from edgepipe.runtime.postprocess import single_label_nms
 from edgepipe.runtime.results import Detection, InputMapping
 
@@ -40,16 +40,11 @@ class YOLOv8Head:
                                                             calib_size=32)
 
     def __post_init__(self) -> None:
-        check(len(self.strides) > 0 and all(s > 0 for s in self.strides),
-              f"YOLOv8Head.strides must be a non-empty tuple of positive ints, got {self.strides!r}")
-        check(0.0 < self.nms_iou <= 1.0, f"nms_iou must be in (0, 1], got {self.nms_iou}")
-        check(0.0 <= self.score_thresh <= 1.0, f"score_thresh must be in [0, 1], got {self.score_thresh}")
-        check(self.max_per_image >= 1, f"max_per_image must be >= 1, got {self.max_per_image}")
-        check(len(self.outputs) == 1, f"YOLOv8Head reads one output, got {list(self.outputs)}")
+        check_box_head(self)
 
     def anchors(self, input_hw: tuple[int, int]) -> int:
         """N, the anchor points of an input of this size (each stride's grid, rounded up)."""
-        return sum(-(-input_hw[0] // s) * -(-input_hw[1] // s) for s in self.strides)
+        return grid_cells(self.strides, input_hw)
 
     def output_shapes(self, input_hw: tuple[int, int], num_classes: int) -> tuple[tuple[int, ...], ...]:
         """One (4 + C, N) output."""
