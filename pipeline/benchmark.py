@@ -171,7 +171,7 @@ def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow
     torch_done: set[str] = set()
     rows = []
     with scratch_dir("bench") as tmp:
-        shim = _import_shim(tmp)
+        shim = import_shim(tmp)
         for info in infos:
             for target in (t for t in _TARGETS if t.ep in options.eps):
                 probe = probes.setdefault(target.env, probe_env(target.env, cache_dir))
@@ -298,7 +298,7 @@ def _providers(ep: str, threads: int, batch: int, info: _ArtifactInfo, cache_dir
     })]
 
 
-def _import_shim(tmp: Path) -> Path:
+def import_shim(tmp: Path) -> Path:
     """A folder holding only our package, as links: the worker's PYTHONPATH, so that another environment
     imports edgepipe's code but never this environment's site-packages. The package is rebuilt as a folder of
     links because an editable install maps `edgepipe.models` to a folder outside `edgepipe`'s own."""

@@ -85,7 +85,7 @@ def _cmd_faces_bench(args) -> int:
     else:
         sets = {"samples": sample_images(args.cache_dir)}
     options = FaceBenchOptions(threads=args.threads, warmup=args.warmup, runs=args.runs, peers=peers,
-                               cache_dir=args.cache_dir)
+                               cache_dir=args.cache_dir, detector_ep=args.detector_ep, embedder_ep=args.embedder_ep)
     result = bench_faces(detector_path, embedder_path, sets, options, progress=lambda line: print(line, flush=True))
     atomic_write(args.json, json.dumps(result, indent=1).encode())
     rows = result["rows"]
@@ -175,6 +175,10 @@ def add_face_commands(sub) -> None:
     bench.add_argument("--runs", type=positive_int, default=3, help="timed passes per photo and pipeline (default 3)")
     bench.add_argument("--peers", default="opencv,face_recognition",
                        help="comma-separated peers to time beside edgepipe, or none (default opencv,face_recognition)")
+    for part in ("detector", "embedder"):
+        bench.add_argument(f"--{part}-ep", choices=["cpu", "openvino"], default="cpu",
+                           help=f"onnxruntime provider for the {part} (default cpu); openvino runs edgepipe's path in "
+                           "the environment `edgepipe env create openvino` makes")
     bench.add_argument("--json", required=True, help="write the rows and the machine here")
     bench.set_defaults(func=_cmd_faces_bench)
     demo = sub.add_parser("demo", help="the Streamlit demo: face recognition, object detection, model lab; extra "

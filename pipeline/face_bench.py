@@ -28,9 +28,9 @@ import numpy as np
 from edgepipe.envs import clean_env, env_python, probe_env
 from edgepipe.errors import BenchmarkError
 from edgepipe.runtime import FaceDetector, FaceEmbedder, read_image
+from edgepipe.runtime.atomic import scratch_dir
 from edgepipe.runtime.heads.yunet import YuNetHead
 from edgepipe.sources import fetch_file
-from edgepipe.timing import machine_info
 
 __all__ = ["PEERS", "FaceBenchOptions", "bench_faces"]
 
@@ -45,11 +45,45 @@ class FaceBenchOptions:
     runs: int = 3  # timed passes per photo and pipeline
     peers: tuple[str, ...] = PEERS
     cache_dir: Path | None = None
+    # onnxruntime execution provider of each model: "cpu", or "openvino" (then edgepipe's pipeline runs in the
+    # managed openvino environment, in its own process, not taking turns with OpenCV photo by photo)
+    detector_ep: str = "cpu"
+    embedder_ep: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.warmup < 0 or self.runs < 1:
             raise BenchmarkError(f"need threads >= 1, warmup >= 0 and runs >= 1, got threads={self.threads}, "
                                  f"warmup={self.warmup}, runs={self.runs}")
+        bad = [ep for ep in (self.detector_ep, self.embedder_ep) if ep not in _EP_PROVIDERS]
+        if bad:
+            raise BenchmarkError(f"unknown execution provider(s) {bad}; expected {' or '.join(_EP_PROVIDERS)}")
+
+
+_EP_PROVIDERS = {"cpu": "CPUExecutionProvider", "openvino": "OpenVINOExecutionProvider"}
+
+
+def _providers(ep: str, threads: int) -> list:
+    if ep == "openvino":
+        return [(_EP_PROVIDERS[ep], {"device_type": "CPU", "num_of_threads": str(threads)})]
+    return [_EP_PROVIDERS[ep]]
+
+
+def face_path(detector_path: Path, embedder_path: Path, threads: int, detector_ep: str = "cpu",
+              embedder_ep: str = "cpu") -> tuple[str, Callable[[np.ndarray, np.ndarray], int]]:
+    """edgepipe's whole face path on one photo (detect, refine, align and embed every face) and its row name."""
+    detector = FaceDetector.from_path(detector_path, intra_op_threads=threads,
+                                      providers=_providers(detector_ep, threads))
+    embedder = FaceEmbedder.from_path(embedder_path, intra_op_threads=threads,
+                                      providers=_providers(embedder_ep, threads))
+    on = (lambda ep: f" ({ep})") if (detector_ep, embedder_ep) != ("cpu", "cpu") else (lambda ep: "")
+    name = f"edgepipe {_model_name(detector)}{on(detector_ep)} + {_model_name(embedder)}{on(embedder_ep)}"
+
+    def run(image_rgb: np.ndarray, _: np.ndarray) -> int:
+        faces = detector.detect(image_rgb)
+        embedder.embed(image_rgb, [detector.refine(image_rgb, face) for face in faces])
+        return len(faces)
+
+    return name, run
 
 
 def bench_faces(detector_path: Path, embedder_path: Path, image_sets: dict[str, list[Path]],
@@ -72,15 +106,9 @@ def bench_faces(detector_path: Path, embedder_path: Path, image_sets: dict[str, 
     if empty:
         raise BenchmarkError(f"no photos in image set(s) {', '.join(empty)}")
     say = progress or (lambda _: None)
-    detector = FaceDetector.from_path(detector_path, intra_op_threads=options.threads)
-    embedder = FaceEmbedder.from_path(embedder_path, intra_op_threads=options.threads)
-    ours_name = f"edgepipe {_model_name(detector)} + {_model_name(embedder)}"
-
-    def ours(image_rgb: np.ndarray, _: np.ndarray) -> int:
-        faces = detector.detect(image_rgb)
-        embedder.embed(image_rgb, [detector.refine(image_rgb, face) for face in faces])
-        return len(faces)
-
+    in_process = (options.detector_ep, options.embedder_ep) == ("cpu", "cpu")
+    if in_process:
+        ours_name, ours = face_path(detector_path, embedder_path, options.threads)
     opencv = _OpenCVPeer(options.cache_dir) if "opencv" in options.peers else None
     rows = []
     previous_threads = cv2.getNumThreads()
@@ -88,8 +116,10 @@ def bench_faces(detector_path: Path, embedder_path: Path, image_sets: dict[str, 
     try:
         for set_name, paths in image_sets.items():
             say(f"{set_name}: {len(paths)} photo(s), edgepipe" + (" and OpenCV" if opencv else ""))
-            pipelines = {ours_name: ours, **({opencv.name: opencv} if opencv else {})}
+            pipelines = {**({ours_name: ours} if in_process else {}), **({opencv.name: opencv} if opencv else {})}
             timed = _time_photos(pipelines, paths, options.warmup, options.runs)
+            if not in_process:  # in the openvino environment, right before the peers
+                timed = {**_time_ours_elsewhere(detector_path, embedder_path, paths, options), **timed}
             set_rows = [_row(set_name, name, medians, faces) for name, (medians, faces) in timed.items()]
             set_rows[0]["models"] = [str(detector_path), str(embedder_path)]
             if opencv:
@@ -103,8 +133,54 @@ def bench_faces(detector_path: Path, embedder_path: Path, image_sets: dict[str, 
             rows += set_rows
     finally:
         cv2.setNumThreads(previous_threads)
+    from edgepipe.timing import machine_info  # not in the worker: it needs onnx, which an EP environment lacks
+
     return {"machine": machine_info(), "threads": options.threads, "warmup": options.warmup, "runs": options.runs,
             "rows": rows}
+
+
+def _time_ours_elsewhere(detector_path: Path, embedder_path: Path, paths: list[Path],
+                         options: FaceBenchOptions) -> dict[str, tuple[list[float], int]]:
+    """edgepipe's face path timed by this module's worker (`python -m edgepipe.face_bench`) in the openvino
+    environment, which imports our code through a link folder. Raises BenchmarkError if it cannot run there."""
+    from edgepipe.benchmark import import_shim
+
+    probe = probe_env("openvino", options.cache_dir)
+    if probe["reason"]:
+        raise BenchmarkError(f"--detector-ep/--embedder-ep openvino: {probe['reason']}")
+    request = {"detector": str(detector_path), "embedder": str(embedder_path), "images": [str(p) for p in paths],
+               "threads": options.threads, "warmup": options.warmup, "runs": options.runs,
+               "detector_ep": options.detector_ep, "embedder_ep": options.embedder_ep}
+    with scratch_dir("bench") as tmp:
+        threads = str(options.threads)
+        env = {**clean_env(), "PYTHONPATH": str(import_shim(tmp)), "OMP_NUM_THREADS": threads}
+        try:
+            result = subprocess.run([probe["python"], "-m", "edgepipe.face_bench"], input=json.dumps(request),
+                                    capture_output=True, text=True, timeout=_PEER_TIMEOUT_S, env=env, cwd=tmp)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BenchmarkError(f"edgepipe's face path in the openvino environment did not finish: {e}") from e
+    try:
+        answer = json.loads(result.stdout)
+    except ValueError:
+        lines = [line for line in (result.stderr or "no output").splitlines() if line.strip()]
+        raise BenchmarkError(f"edgepipe's face path failed in the openvino environment (exit {result.returncode}): "
+                             f"{lines[-1][:300]}") from None
+    return {answer["name"]: (answer["medians"], answer["faces"])}
+
+
+def _worker() -> int:
+    """`python -m edgepipe.face_bench`: time edgepipe's face path as the JSON request on stdin says; print the
+    per-photo medians as JSON."""
+    import sys
+
+    request = json.load(sys.stdin)
+    name, run = face_path(Path(request["detector"]), Path(request["embedder"]), request["threads"],
+                          request["detector_ep"], request["embedder_ep"])
+    cv2.setNumThreads(request["threads"])
+    (medians, faces), = _time_photos({name: run}, [Path(p) for p in request["images"]], request["warmup"],
+                                     request["runs"]).values()
+    json.dump({"name": name, "medians": medians, "faces": faces}, sys.stdout)
+    return 0
 
 
 def _model_name(part: FaceDetector | FaceEmbedder) -> str:
@@ -193,3 +269,7 @@ def _face_recognition_row(set_name: str, paths: list[Path], options: FaceBenchOp
     versions = ", ".join(f"{k} {v}" for k, v in answer["versions"].items())
     return {**_row(set_name, f"face_recognition {answer['versions']['face_recognition']} (dlib HOG + ResNet)",
                    medians, faces), "models": [versions]}
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker())

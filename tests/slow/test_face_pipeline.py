@@ -202,4 +202,7 @@ def test_faces_bench_says_why_a_peer_cannot_run(artifacts, shared_data, tmp_path
     assert "reason" in capsys.readouterr().out  # the table shows the reason column when a row is not ok
     _one_line_error(capsys, main(["faces", "bench", *models, "--images", str(photo), "--peers", "dlib", "--json",
                                   str(tmp_path / "x.json")]), "unknown peer(s) dlib")
+    _one_line_error(capsys, main(["--cache-dir", str(tmp_path / "cache"), "faces", "bench", *models, "--images",
+                                  str(photo), "--embedder-ep", "openvino", "--json", str(tmp_path / "x.json")]),
+                    "create it with `edgepipe env create openvino`")
     assert not (tmp_path / "x.json").exists()

@@ -171,9 +171,17 @@ def test_bench_then_report(art, tmp_path, cache):
     assert "<svg" in (tmp_path / "report" / "report.html").read_text()
 
 
-def test_env_create(tmp_path, cache):
+def test_env_create(art, shared_data, tmp_path, cache):
+    """The openvino environment, then the face path with its embedder on OpenVINO (run in that environment)."""
     out = edgepipe("env", "create", "openvino", cwd=tmp_path, cache=cache).stdout
     assert "OpenVINOExecutionProvider" in out and (cache / "envs" / "openvino" / "bin" / "python").is_file()
+    photo = shared_data / "lfw_10ids" / "images" / "Colin_Powell" / "Colin_Powell_0001.jpg"
+    out = edgepipe("faces", "bench", "--embedder", art / "sface.opencv.fp32.onnx", "--embedder-ep", "openvino",
+                   "--images", photo, "--peers", "opencv", "--warmup", 0, "--runs", 1, "--json", tmp_path / "ov.json",
+                   cwd=tmp_path, cache=cache).stdout
+    ours, opencv = json.loads((tmp_path / "ov.json").read_text())["rows"]
+    assert ours["pipeline"] == "edgepipe yunet.opencv fp32 (cpu) + sface.opencv fp32 (openvino)", out
+    assert ours["ok"] and ours["faces"] == opencv["faces"] >= 1 and ours["image_ms"] > 0
 
 
 def test_run_an_image(art, group_photos, tmp_path, cache):

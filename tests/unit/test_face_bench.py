@@ -55,3 +55,8 @@ def test_an_answering_peer_gives_the_mean_of_each_photos_median(tmp_path):
 def test_options_refuse_counts_out_of_range(bad):
     with pytest.raises(BenchmarkError, match="need threads >= 1, warmup >= 0 and runs >= 1"):
         FaceBenchOptions(**bad)
+
+
+def test_options_refuse_an_unknown_execution_provider():
+    with pytest.raises(BenchmarkError, match=r"unknown execution provider\(s\) \['cuda'\]; expected cpu or openvino"):
+        FaceBenchOptions(embedder_ep="cuda")
