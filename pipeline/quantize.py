@@ -8,7 +8,6 @@ import dataclasses
 import io
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -28,7 +27,6 @@ from edgepipe.ort_quantization import (
     QuantType,
     create_calibrator,
     float16,
-    quant_pre_process,
     quantize_dynamic,
     quantize_static,
     save_tensors_data,
@@ -42,6 +40,7 @@ from edgepipe.quantize_calib import (
     rank_harmful_nodes,
 )
 from edgepipe.quantize_figures import compare_outputs, time_pair
+from edgepipe.quantize_graph import QUANT_OPS, float16_copy, prepare_graph, tail_nodes
 from edgepipe.runtime.atomic import atomic_write, check_destination, scratch_dir
 from edgepipe.runtime.session import load
 from edgepipe.runtime.specs import ArtifactMeta, Precision, Task
@@ -59,22 +58,9 @@ class CalibMethod(str, Enum):
     PERCENTILE = "percentile"
 
 
-def float16_copy(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """fp16 weights and compute, float32 inputs and outputs. Weights that an older exporter also lists as graph
-    inputs (MXNet's, in OpenCV Zoo's SFace) are dropped from the inputs first, or they would stay float32 as "I/O"."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    weights = {init.name for init in copy.graph.initializer}
-    inputs = [value for value in copy.graph.input if value.name not in weights]
-    del copy.graph.input[:]
-    copy.graph.input.extend(inputs)
-    return float16.convert_float_to_float16(copy, keep_io_types=True)
-
-
 ORT_METHODS = {CalibMethod.MINMAX: CalibrationMethod.MinMax, CalibMethod.ENTROPY: CalibrationMethod.Entropy,
                CalibMethod.PERCENTILE: CalibrationMethod.Percentile}
 _PRECISIONS = (Precision.FP16, Precision.INT8, Precision.INT8_DYNAMIC)
-QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger")
 # Task -> (EvalReport metric, largest accepted drop in points, i.e. percent of the [0, 1] metric).
 _BUDGET = {Task.DETECTION: ("map_50_95", 1.0), Task.FACE_EMBEDDING: ("accuracy", 0.3),
            Task.FACE_DETECTION: ("ap_50", 1.0)}
@@ -281,25 +267,6 @@ def _resolve(meta: ArtifactMeta, options: QuantizeOptions) -> _Recipe:
     return dataclasses.replace(recipe, **{name: value for name, value in chosen.items() if value is not None})
 
 
-_MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (their `axis`) need opset 13
-
-
-def prepare_graph(artifact: Path, tmp: Path) -> Path:
-    """onnxruntime's pre-quantization pass: shape inference plus basic fusions (e.g. Conv + Mul + Add). A graph
-    below opset 13 (an adopted file, e.g. OpenCV Zoo's opset-11 SFace) is converted to 13 first."""
-    prepared, source = tmp / "prepared.onnx", artifact
-    try:
-        model = onnx.load(str(artifact))
-        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), _MIN_QDQ_OPSET)
-        if opset < _MIN_QDQ_OPSET:
-            source = tmp / "opset13.onnx"
-            onnx.save(onnx.version_converter.convert_version(model, _MIN_QDQ_OPSET), str(source))
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    except Exception as e:  # onnx and onnxruntime raise untyped errors; report one line
-        raise QuantizeError(f"{artifact}: pre-quantization pass failed: {type(e).__name__}: {str(e)[:200]}") from e
-    return prepared
-
-
 def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Recipe, options: QuantizeOptions,
             fp32_metric: _Metric | None, first_round: int = 0) -> list[_Attempt]:
     """Calibrate once, quantize, and while over budget keep the most harmful nodes in float and retry."""
@@ -307,7 +274,7 @@ def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Reci
     ranges = tmp / "ranges.json"  # activation ranges: computed once, reused by every round and weight setting
     if not ranges.is_file():
         _calibrate(prepared, meta, inputs, tmp, recipe.method)
-    tail = _tail_nodes(onnx.load(str(prepared)), recipe.float_tail)
+    tail = tail_nodes(onnx.load(str(prepared)), recipe.float_tail)
     excluded: list[str] = []
     attempts, harm = [], []
     for round_index in range(options.max_fallback_rounds + 1):
@@ -339,12 +306,6 @@ def _static(artifact: Path, meta: ArtifactMeta, inputs, tmp: Path, recipe: _Reci
 def _tried(attempts: list[_Attempt]) -> str:
     """", per-channel and per-tensor weights tried" when the attempts covered both."""
     return ", per-channel and per-tensor weights tried" if len({a.per_channel for a in attempts}) > 1 else ""
-
-
-def _tail_nodes(model: onnx.ModelProto, share: float) -> list[str]:
-    """Names of the last `share` of the nodes in execution order: the output side (wide-range logits) first."""
-    count = math.ceil(share * len(model.graph.node))
-    return [node.name for node in model.graph.node[len(model.graph.node) - count:]]
 
 
 def _calibrate(prepared: Path, meta: ArtifactMeta, inputs, tmp: Path, method: CalibMethod) -> Path:

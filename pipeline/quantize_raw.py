@@ -21,9 +21,10 @@ import onnxruntime as ort
 import edgepipe
 from edgepipe.errors import QuantizeError
 from edgepipe.ort_quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-from edgepipe.quantize import ORT_METHODS, QUANT_OPS, CalibMethod, float16_copy, prepare_graph
+from edgepipe.quantize import ORT_METHODS, CalibMethod
 from edgepipe.quantize_calib import ImageReader, graph_batch_limit, list_images
 from edgepipe.quantize_figures import time_pair
+from edgepipe.quantize_graph import QUANT_OPS, float16_copy, prepare_graph
 from edgepipe.runtime.atomic import atomic_write, check_destination, scratch_dir
 from edgepipe.runtime.preprocess import prepare, read_image
 from edgepipe.runtime.specs import InputSpec
