@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from edgepipe.cli_adopt import add_adopt_command, add_input_flags, input_choices
+from edgepipe.cli_adopt import add_adopt_command, add_input_flags, has_contract, quantize_raw_command
 from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, positive_int, score
 from edgepipe.cli_faces import add_face_commands
 from edgepipe.cli_train import add_training_commands
@@ -94,40 +94,11 @@ def _metric_text(name: str, value: float) -> str:
 _NOT_FRACTIONS = {"threshold"}  # the verification threshold is a distance
 
 
-def _has_contract(path: Path) -> bool:
-    """Whether an ONNX file carries an edgepipe contract (a missing or broken file: let the command say so)."""
-    import onnx
-
-    from edgepipe.runtime.session import METADATA_KEY
-
-    try:
-        return any(p.key == METADATA_KEY for p in onnx.load(str(path), load_external_data=False).metadata_props)
-    except Exception:  # not ONNX, or missing: the artifact path reports it in one line
-        return True
-
-
-def _cmd_quantize_raw(args) -> int:
-    from edgepipe.adopt import raw_input_spec
-    from edgepipe.quantize import CalibMethod
-    from edgepipe.quantize_raw import quantize_raw
-
-    spec = raw_input_spec(args.artifact, **input_choices(args))
-    figures = quantize_raw(args.artifact, args.precision, args.out, spec, calib_dir=args.calib,
-                           calib_size=args.calib_size or 32, method=CalibMethod(args.method or "minmax"),
-                           min_cosine=args.min_cosine)
-    speed, budget = figures["speed"], figures["budget"]
-    print(f"wrote {Path(args.out) / figures['onnx']} ({figures['size_mb']} MB, {figures['size_vs_fp32']:.2f} of fp32); "
-          f"{speed['fp32_ms_p50']} -> {speed['ms_p50']} ms ({speed['speedup']}x) at {speed['threads']} threads; no "
-          f"contract, so the budget is output parity: worst cosine to fp32 {budget['worst_cosine']:.4f} (>= "
-          f"{budget['min_cosine']:g})")
-    return 0
-
-
 def _cmd_quantize(args) -> int:
     from edgepipe.quantize import CalibMethod, QuantizeOptions, quantize
 
-    if not _has_contract(Path(args.artifact)):
-        return _cmd_quantize_raw(args)
+    if not has_contract(Path(args.artifact)):
+        return quantize_raw_command(args)
 
     options = QuantizeOptions(calib_dir=args.calib, calib_size=args.calib_size, eval_data=args.eval_data,
                               method=CalibMethod(args.method) if args.method else None, per_channel=args.per_channel,

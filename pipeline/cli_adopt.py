@@ -1,4 +1,4 @@
-"""`edgepipe adopt`: stamp any ONNX file with an edgepipe contract (see `edgepipe.adopt`)."""
+"""`edgepipe adopt`, and `quantize` on a file without a contract: the commands for ONNX files from elsewhere."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["add_adopt_command", "add_input_flags", "input_choices"]
+__all__ = ["add_adopt_command", "add_input_flags", "has_contract", "input_choices", "quantize_raw_command"]
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -80,6 +80,35 @@ def _cmd_adopt(args) -> int:
     print(f"wrote {artifact.onnx_path} ({meta.head.kind} head, {meta.task.value}, {meta.precision.value}; input "
           f"{meta.input_name!r} {spec.layout.value} {spec.color.value} {'x'.join(map(str, spec.shape_chw))} "
           f"{spec.resize.value}); outputs checked at {sizes} (WxH); figures in {artifact.json_path}")
+    return 0
+
+
+def has_contract(path: Path) -> bool:
+    """Whether an ONNX file carries an edgepipe contract (a missing or broken file: let the command say so)."""
+    import onnx
+
+    from edgepipe.runtime.session import METADATA_KEY
+
+    try:
+        return any(p.key == METADATA_KEY for p in onnx.load(str(path), load_external_data=False).metadata_props)
+    except Exception:  # not ONNX, or missing: the artifact path reports it in one line
+        return True
+
+
+def quantize_raw_command(args) -> int:
+    from edgepipe.adopt import raw_input_spec
+    from edgepipe.quantize import CalibMethod
+    from edgepipe.quantize_raw import quantize_raw
+
+    spec = raw_input_spec(args.artifact, **input_choices(args))
+    figures = quantize_raw(args.artifact, args.precision, args.out, spec, calib_dir=args.calib,
+                           calib_size=args.calib_size or 32, method=CalibMethod(args.method or "minmax"),
+                           min_cosine=args.min_cosine)
+    speed, budget = figures["speed"], figures["budget"]
+    print(f"wrote {Path(args.out) / figures['onnx']} ({figures['size_mb']} MB, {figures['size_vs_fp32']:.2f} of fp32); "
+          f"{speed['fp32_ms_p50']} -> {speed['ms_p50']} ms ({speed['speedup']}x) at {speed['threads']} threads; no "
+          f"contract, so the budget is output parity: worst cosine to fp32 {budget['worst_cosine']:.4f} (>= "
+          f"{budget['min_cosine']:g})")
     return 0
 
 
