@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,10 +35,32 @@ def group_photos(shared_data) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory, cache_dir, group_photos) -> dict[str, Path]:
-    """Every zoo model exported once with its real weights: name -> fp32 ONNX path (shared by the session)."""
-    from edgepipe.export import export_onnx
+def newcomer_cache(cache_dir, tmp_path_factory) -> Path:
+    """A cache with the session's verified weights but no artifacts, envs or gallery of its own: what a
+    newcomer's cache holds after the first fetch."""
+    root = tmp_path_factory.mktemp("cache")
+    for name in ("files", "weights"):
+        (cache_dir / name).mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(cache_dir / name, target_is_directory=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def main_job(newcomer_cache, tmp_path_factory) -> subprocess.CompletedProcess:
+    """README's first command, `edgepipe build` on its defaults, run once through the installed console script
+    from a folder outside the repository; its artifacts (in `newcomer_cache/artifacts`) serve the whole session,
+    so every slow test works on what a newcomer's first command made."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["EDGEPIPE_CACHE"] = str(newcomer_cache)
+    return subprocess.run([str(Path(sys.executable).with_name("edgepipe")), "build"], capture_output=True,
+                          text=True, timeout=1800, env=env, cwd=tmp_path_factory.mktemp("newcomer"))
+
+
+@pytest.fixture(scope="session")
+def artifacts(main_job, newcomer_cache) -> dict[str, Path]:
+    """Every zoo model's fp32 artifact as the main job wrote it (real weights, parity measured): name -> path."""
     from edgepipe.models import list_models
 
-    out = tmp_path_factory.mktemp("artifacts")
-    return {name: export_onnx(name, out, cache_dir=cache_dir, images=group_photos).onnx_path for name in list_models()}
+    if main_job.returncode != 0:
+        pytest.fail(f"`edgepipe build` exited {main_job.returncode}:\n{main_job.stderr[-3000:]}")
+    return {name: newcomer_cache / "artifacts" / f"{name}.fp32.onnx" for name in list_models()}

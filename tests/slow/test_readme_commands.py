@@ -76,14 +76,8 @@ def _cli_commands() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cache(cache_dir, tmp_path_factory) -> Path:
-    """A cache with the session's verified weights but no artifacts, envs or gallery of its own: what a
-    newcomer's cache holds after the first fetch."""
-    root = tmp_path_factory.mktemp("cache")
-    for name in ("files", "weights"):
-        (cache_dir / name).mkdir(parents=True, exist_ok=True)
-        (root / name).symlink_to(cache_dir / name, target_is_directory=True)
-    return root
+def cache(newcomer_cache) -> Path:
+    return newcomer_cache
 
 
 @pytest.fixture(scope="module")
@@ -120,12 +114,15 @@ def test_zoo_list(tmp_path, cache):
     assert "blazeface_front" in edgepipe("zoo", "list", "blazeface*", cwd=tmp_path, cache=cache).stdout
 
 
-def test_main_job_on_its_defaults(tmp_path, cache):
-    """README's first command: `edgepipe build` with nothing else, writing to CACHE/artifacts."""
+def test_main_job_on_its_defaults(main_job, cache):
+    """README's first command: `edgepipe build` with nothing else, writing to CACHE/artifacts (run once for the
+    session by conftest's `main_job`, whose artifacts every slow test uses)."""
     from edgepipe.models import list_models
 
-    out = edgepipe("build", cwd=tmp_path, cache=cache).stdout
-    folder = cache / "artifacts"
+    assert main_job.returncode == 0, main_job.stderr[-3000:]
+    noise = [word for word in NOISE if word in main_job.stderr]
+    assert not noise, f"edgepipe build printed {noise} on stderr:\n{main_job.stderr[-3000:]}"
+    out, folder = main_job.stdout, cache / "artifacts"
     for name in list_models():
         assert name in out and (folder / f"{name}.fp32.onnx").is_file() and (folder / f"{name}.fp32.json").is_file()
     assert "no accuracy figures: add --data DIR" in out and "metric" not in out.splitlines()[0]
