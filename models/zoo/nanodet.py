@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgepipe.metrics.coco import COCO80_LABELS
+from edgepipe.metrics.coco_labels import COCO80_LABELS
 from edgepipe.models.registry import register
 from edgepipe.models.weights.tfjs_dataflow import TfjsDataflow, read_tfjs_dataflow
 from edgepipe.models.weights.tfjs_graph import TfjsNode
@@ -106,8 +106,14 @@ class CustomCspNet(nn.Module):
 
 
 def _resize_like(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    # Half-pixel bilinear (TF ResizeBilinear half_pixel_centers); no antialias, also when shrinking 2x.
-    return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
+    # Half-pixel bilinear (TF ResizeBilinear half_pixel_centers); no antialias, also when shrinking 2x. An exact 2x
+    # or 1/2 step is given as a scale, not a size: the same pixels, but a size makes the exported Resize compute
+    # [N, C, H, W] from the input's Shape at run time, and the CUDA provider runs that shape arithmetic on the CPU.
+    (h, w), (in_h, in_w) = like.shape[-2:], x.shape[-2:]
+    for scale in (2.0, 0.5):
+        if h == in_h * scale and w == in_w * scale:
+            return F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
 
 
 class PAN(nn.Module):
