@@ -8,7 +8,7 @@ Being a fresh process makes the peak RSS the cell's own and the session creation
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import json
 import os
 import resource
@@ -19,6 +19,7 @@ from pathlib import Path
 __all__ = ["run_cell"]
 
 _NVIDIA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+_CUDA_GRAPH = {"device_id": "0", "enable_cuda_graph": "1"}
 
 
 def run_cell(spec: dict) -> dict:
@@ -28,12 +29,13 @@ def run_cell(spec: dict) -> dict:
         spec: {"kind": "ort" | "torch" | "opencv-dnn", "artifact", "meta" (the artifact's contract JSON), "image",
             "threads", "batch", "warmup", "runs"}, plus for "ort": "provider", "providers", "strict_ep",
             "profile_dir", and "raw_inputs" ({input: [dims, dtype]}) for a file without a contract; for "torch":
-            "model_name", "cache_dir".
+            "model_name", "cache_dir", and "device" ("cpu" or "cuda"), "autocast" (fp16 on CUDA).
 
     Returns:
         {"status": "ok", "latencies_ms", "import_ms", "session_create_ms", "first_inference_ms",
-        "rss_before_load_mb", "runtime", ...} or {"status": "unavailable" | "failed", "reason"}; "peak_rss_mb"
-        is added by `main`.
+        "rss_before_load_mb", "runtime", ...}, on a GPU also "device_ms" (inputs and outputs resident there),
+        "graph_ms" (CUDA graph), "cached_create_ms" (TensorRT) and a "note" on what could not be measured; or
+        {"status": "unavailable" | "failed", "reason"}; "peak_rss_mb" is added by `main`.
     """
     started = time.perf_counter()
     try:
@@ -74,47 +76,44 @@ def _random_feed(inputs: dict, batch: int) -> dict:
 def _run_ort(spec: dict, batch, meta, started: float) -> dict:
     import onnxruntime as ort
 
+    from edgepipe.runtime.providers import captured, explain, not_listed, preload
     from edgepipe.runtime.session import load
 
     provider = spec["provider"]
-    if provider in _NVIDIA_PROVIDERS:
-        if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from the nvidia-* pip packages of this env
-            try:
-                ort.preload_dlls()
-            except Exception:  # a missing library is reported below as the provider's absence
-                pass
-        try:
-            ctypes.CDLL("libcuda.so.1")
-        except OSError:
-            return {"status": "unavailable", "reason": f"{provider}: no NVIDIA driver on this host (libcuda.so.1 "
-                                                       "does not load)"}
-    available = ort.get_available_providers()
-    if provider not in available:
-        return {"status": "unavailable", "reason": f"{provider} is not among onnxruntime {ort.__version__}'s "
-                                                   f"providers {available} in {sys.executable}"}
+    if not_listed(provider):
+        return {"status": "unavailable", "reason": not_listed(provider)}
     options = ort.SessionOptions()
     options.enable_profiling = True  # for the first run only: end_profiling() below stops it
     options.profile_file_prefix = str(Path(spec["profile_dir"]) / "ort_profile")
     if spec["strict_ep"]:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     import_ms, rss_before = (time.perf_counter() - started) * 1e3, _rss_mb()
+    providers = [tuple(p) if isinstance(p, list) else p for p in spec["providers"]]  # JSON made tuples lists
+    if meta is None:  # no contract: a plain session on the given feed (`batch` is then {input: array})
+        options.intra_op_num_threads, options.log_severity_level = int(spec["threads"]), 3
+        feed = batch
+    else:
+        feed = {meta.input_name: batch}
     t0 = time.perf_counter()
-    try:
-        providers = [tuple(p) if isinstance(p, list) else p for p in spec["providers"]]  # JSON made tuples lists
-        if meta is None:  # no contract: a plain session on the given feed (`batch` is then {input: array})
-            options.intra_op_num_threads, options.log_severity_level = int(spec["threads"]), 3
-            session = ort.InferenceSession(spec["artifact"], sess_options=options, providers=providers)
-            infer = lambda: session.run(None, batch)  # noqa: E731
-        else:
-            model = load(spec["artifact"], providers=providers, intra_op_threads=int(spec["threads"]),
-                         session_options=options)
-            session, infer = model.session, lambda: model.run(batch)
-    except Exception as e:  # ArtifactError wrapping onnxruntime's (e.g. strict fallback refused)
-        return {"status": "failed", "reason": _one_line(e)}
+    with captured() as printed:  # onnxruntime says on stderr why a provider dropped out: keep it for the reason
+        preload(provider)
+        try:
+            if meta is None:
+                session = ort.InferenceSession(spec["artifact"], sess_options=options, providers=providers)
+                infer = lambda: session.run(None, feed)  # noqa: E731
+            else:
+                model = load(spec["artifact"], providers=providers, intra_op_threads=int(spec["threads"]),
+                             session_options=options)
+                session, infer = model.session, lambda: model.run(batch)
+            error = None
+        except Exception as e:  # ArtifactError wrapping onnxruntime's (e.g. strict fallback refused)
+            error = e
+    if error is not None:
+        return {"status": "failed", "reason": _one_line(error)}
     session_ms = (time.perf_counter() - t0) * 1e3
     active = session.get_providers()
     if provider not in active:  # onnxruntime drops a provider that fails to initialise and carries on on CPU
-        return {"status": "unavailable", "reason": f"{provider} failed to initialise; the session runs on {active}"}
+        return {"status": "unavailable", "reason": explain(provider, printed[0])}
     t0 = time.perf_counter()
     try:
         infer()
@@ -123,9 +122,60 @@ def _run_ort(spec: dict, batch, meta, started: float) -> dict:
     first_ms = (time.perf_counter() - t0) * 1e3
     nodes_by_ep = _nodes_by_provider(Path(session.end_profiling()))
     latencies = _time_runs(infer, int(spec["warmup"]), int(spec["runs"]))
-    return {"status": "ok", "latencies_ms": latencies, "import_ms": import_ms, "session_create_ms": session_ms,
-            "first_inference_ms": first_ms, "rss_before_load_mb": rss_before, "nodes_by_ep": nodes_by_ep,
-            "providers": active, "runtime": f"onnxruntime {ort.__version__}"}
+    result = {"status": "ok", "latencies_ms": latencies, "import_ms": import_ms, "session_create_ms": session_ms,
+              "first_inference_ms": first_ms, "rss_before_load_mb": rss_before, "nodes_by_ep": nodes_by_ep,
+              "providers": active, "runtime": f"onnxruntime {ort.__version__}"}
+    if provider in _NVIDIA_PROVIDERS:
+        result.update(_on_the_gpu(spec, session, feed, providers, int(spec["threads"])))
+    return result
+
+
+def _on_the_gpu(spec: dict, session, feed: dict, providers: list, threads: int) -> dict:
+    """A GPU cell's device-resident figures: the same session with its inputs and outputs on the GPU (I/O binding),
+    for CUDA the same again replayed as a CUDA graph (a session of its own), for TensorRT a second session's start
+    from the engine cache. What cannot be measured becomes the cell's note, not a failure."""
+    import onnxruntime as ort
+
+    warmup, runs, found, notes = int(spec["warmup"]), int(spec["runs"]), {}, []
+    if session.get_inputs()[0].shape[0] == 1 and len(next(iter(feed.values()))) > 1:
+        return {"note": "no device-resident timing: the graph's batch is fixed at 1"}
+    try:
+        found["device_ms"] = device_runs(session, feed, "cuda", warmup, runs)
+    except Exception as e:  # onnxruntime's untyped errors
+        notes.append(f"I/O binding: {_one_line(e)}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.log_severity_level = threads, 3
+    if spec["provider"] == "CUDAExecutionProvider":
+        try:
+            graph = ort.InferenceSession(spec["artifact"], sess_options=options,
+                                         providers=[("CUDAExecutionProvider", _CUDA_GRAPH)])
+            found["graph_ms"] = device_runs(graph, feed, "cuda", warmup, runs)
+        except Exception as e:  # a graph with CPU nodes or shape-dependent control flow cannot be captured
+            notes.append(f"CUDA graph: {_one_line(e)}")
+    else:
+        t0 = time.perf_counter()
+        ort.InferenceSession(spec["artifact"], sess_options=options, providers=providers)
+        found["cached_create_ms"] = (time.perf_counter() - t0) * 1e3
+    return {**found, "note": "; ".join(notes)}
+
+
+def device_runs(session, feed: dict, device: str, warmup: int, runs: int) -> list[float]:
+    """Latencies (ms) of `session` with its inputs and outputs resident on `device` ("cuda", or "cpu" where
+    there is none): the inputs are copied there once and the outputs go to buffers allocated there once, from a
+    first run's shapes, so a timed run moves nothing between host and device; the fixed addresses also let a
+    CUDA-graph session replay its capture."""
+    import numpy as np
+    import onnxruntime as ort
+
+    outputs = dict(zip((o.name for o in session.get_outputs()), session.run(None, feed)))
+    binding, keep = session.io_binding(), []  # keep: the OrtValues must outlive the binding's use of them
+    for name, array in feed.items():
+        keep.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0))
+        binding.bind_ortvalue_input(name, keep[-1])
+    for name, array in outputs.items():
+        keep.append(ort.OrtValue.ortvalue_from_shape_and_type(array.shape, array.dtype, device, 0))
+        binding.bind_ortvalue_output(name, keep[-1])
+    return _time_runs(lambda: session.run_with_iobinding(binding), warmup, runs)
 
 
 def _run_torch(spec: dict, batch, meta, started: float) -> dict:
@@ -133,19 +183,45 @@ def _run_torch(spec: dict, batch, meta, started: float) -> dict:
 
     from edgepipe.models import build
 
+    device = spec.get("device", "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        return {"status": "unavailable", "runtime": f"torch {torch.__version__}",
+                "reason": f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)"}
     torch.set_num_threads(int(spec["threads"]))
     import_ms, rss_before = (time.perf_counter() - started) * 1e3, _rss_mb()
     t0 = time.perf_counter()
     module = build(spec["model_name"], cache_dir=Path(spec["cache_dir"]) if spec.get("cache_dir") else None)
+    module = module.to(device)
     session_ms = (time.perf_counter() - t0) * 1e3
-    x = torch.from_numpy(batch)
+    host = torch.from_numpy(batch)
+    resident = host.to(device)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if spec.get("autocast") else contextlib.nullcontext()
+
+    def with_copies():  # numpy in, numpy out: what a caller of the eager model gets
+        with autocast:
+            return [t.cpu() for t in _tensors(module(host.to(device)))]
+
+    def on_device():
+        with autocast:
+            module(resident)
+        torch.cuda.synchronize()
+
     with torch.inference_mode():
         t0 = time.perf_counter()
-        module(x)
+        with_copies()
         first_ms = (time.perf_counter() - t0) * 1e3
-        latencies = _time_runs(lambda: module(x), int(spec["warmup"]), int(spec["runs"]))
+        latencies = _time_runs(with_copies, int(spec["warmup"]), int(spec["runs"]))
+        device_ms = _time_runs(on_device, int(spec["warmup"]), int(spec["runs"])) if device == "cuda" else None
     return {"status": "ok", "latencies_ms": latencies, "import_ms": import_ms, "session_create_ms": session_ms,
-            "first_inference_ms": first_ms, "rss_before_load_mb": rss_before, "runtime": f"torch {torch.__version__}"}
+            "first_inference_ms": first_ms, "rss_before_load_mb": rss_before, "runtime": f"torch {torch.__version__}",
+            **({"device_ms": device_ms} if device_ms else {})}
+
+
+def _tensors(output) -> list:
+    """A model's output (a tensor, or tuples and lists of them) as a flat list of tensors."""
+    if isinstance(output, (tuple, list)):
+        return [t for item in output for t in _tensors(item)]
+    return [output]
 
 
 def _run_opencv(spec: dict, batch, meta, started: float) -> dict:

@@ -132,12 +132,14 @@ def _cmd_bench(args) -> int:
     check_destination(args.json)
     options = BenchOptions(eps=tuple(args.ep.split(",")), threads=args.threads, batch=args.batch, warmup=args.warmup,
                            runs=args.runs, strict_ep=args.strict_ep, baselines=not args.no_baselines,
-                           peak_gflops_per_core=args.peak_gflops, cache_dir=args.cache_dir, image=args.image,
-                           shapes=dict(args.shape or []))
+                           peak_gflops_per_core=args.peak_gflops, gpu_peak_gflops=args.gpu_peak_gflops,
+                           cache_dir=args.cache_dir, image=args.image, shapes=dict(args.shape or []))
     rows = [r.to_dict() for r in benchmark([Path(a) for a in args.artifacts], options)]
     atomic_write(args.json, json.dumps(rows, indent=1).encode())
     columns = ["model", "precision", "ep", "threads", "batch", "status", "latency_ms_p50", "latency_ms_p99",
                "throughput_ips", "peak_rss_mb", "fallback", "peak_share"]
+    if any(r.get("device_ms_p50") is not None for r in rows):  # GPU cells: the copy-free figures beside
+        columns[7:7] = ["device_ms_p50", "graph_ms_p50", "copy_share"]
     not_ok = [r for r in rows if r["status"] != "ok"]
     shown = [dict(r, reason=_shorten(r.get("reason") or "", 70)) for r in rows]
     print(render_table(shown, columns + (["reason"] if not_ok else [])))
@@ -176,10 +178,15 @@ def _cmd_report(args) -> int:
 def _cmd_env_create(args) -> int:
     from edgepipe.envs import create_env, probe_env
 
-    path = create_env(args.name, args.cache_dir)
+    path = create_env(args.name, args.cache_dir, find_links=args.find_links, python=args.python,
+                      tensorrt=args.tensorrt, system_cuda=args.system_cuda)
     probe = probe_env(args.name, args.cache_dir)
-    has = probe["versions"] or {"providers": probe["providers"]}
-    print(f"{args.name} environment at {path}: " + ", ".join(f"{key} {value}" for key, value in has.items()))
+    has = probe["versions"] or {"onnxruntime": probe["onnxruntime"], "providers": probe["providers"]}
+    cuda = {k: probe[k] for k in ("cuda_build", "cuda_driver", "cuda_runtime", "cudnn") if probe.get(k)}
+    print(f"{args.name} environment at {path} ({probe['python']}): "
+          + ", ".join(f"{key} {value}" for key, value in {**has, **cuda}.items()))
+    for provider, reason in probe["usable"].items():  # listed is not runnable: say which run here
+        print(f"  {provider}: {reason or 'runs here'}")
     return 0
 
 
@@ -281,6 +288,8 @@ def _parser() -> argparse.ArgumentParser:
                        "fails, and any failed cell is an error (exit 2); without it only every cell failing is")
     bench.add_argument("--no-baselines", action="store_true", help="skip the torch-eager and OpenCV-DNN rows")
     bench.add_argument("--peak-gflops", type=float, help="fp32 peak GFLOP/s of ONE core (default: from ISA x clock)")
+    bench.add_argument("--gpu-peak-gflops", type=float, help="the GPU's peak GFLOP/s for the precision measured "
+                       "(default: its data sheet's dense figure per precision, for the GPUs edgepipe knows by name)")
     bench.add_argument("--image", type=Path, help="input photo (default: the first sample photo)")
     bench.add_argument("--shape", type=_input_shape, action="append", metavar="NAME:1x3x640x640",
                        help="a contract-less file's input with dynamic dims: its whole shape (the first axis is the "
@@ -297,8 +306,17 @@ def _parser() -> argparse.ArgumentParser:
     env = sub.add_parser("env", help="managed environments for what needs its own Python packages: EPs with their "
                          "own onnxruntime build (openvino, gpu), and face_recognition for `faces bench`")
     env_sub = env.add_subparsers(dest="env_command", required=True)
-    env_create = env_sub.add_parser("create", help="create CACHE/envs/NAME")
+    env_create = env_sub.add_parser("create", help="create CACHE/envs/NAME (a venv with pinned packages), or adopt "
+                                    "an interpreter that has them; then say which of its providers run here")
     env_create.add_argument("name", choices=["openvino", "gpu", "face_recognition"])
+    env_create.add_argument("--find-links", type=Path, metavar="DIR", help="install offline from this folder of "
+                            "wheels (pip --no-index), e.g. onnxruntime-gpu's, fetched on another host")
+    env_create.add_argument("--python", type=Path, metavar="PATH", help="adopt this interpreter, which already has "
+                            "the onnxruntime build (a Jetson's, a GPU container image's); nothing is installed")
+    env_create.add_argument("--tensorrt", action="store_true", help="gpu: also install TensorRT 10's libraries "
+                            "(tensorrt-cu13-libs), which come from NVIDIA's index (pypi.nvidia.com) or --find-links")
+    env_create.add_argument("--system-cuda", action="store_true", help="gpu: use the host's CUDA 13 and cuDNN 9 "
+                            "(on its library path) instead of the nvidia-* pip packages")
     env_create.set_defaults(func=_cmd_env_create)
 
     add_adopt_command(sub)

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edgepipe.envs import clean_env, env_python, probe_env
+from edgepipe.envs import clean_env, env_python, import_shim, probe_env, worker_env
 from edgepipe.errors import BenchmarkError
 from edgepipe.runtime import FaceDetector, FaceEmbedder, read_image
 from edgepipe.runtime.atomic import scratch_dir
@@ -143,17 +143,16 @@ def _time_ours_elsewhere(detector_path: Path, embedder_path: Path, paths: list[P
                          options: FaceBenchOptions) -> dict[str, tuple[list[float], int]]:
     """edgepipe's face path timed by this module's worker (`python -m edgepipe.face_bench`) in the openvino
     environment, which imports our code through a link folder. Raises BenchmarkError if it cannot run there."""
-    from edgepipe.benchmark import import_shim
-
     probe = probe_env("openvino", options.cache_dir)
     if probe["reason"]:
         raise BenchmarkError(f"--detector-ep/--embedder-ep openvino: {probe['reason']}")
-    request = {"detector": str(detector_path), "embedder": str(embedder_path), "images": [str(p) for p in paths],
+    request = {"detector": str(Path(detector_path).resolve()), "embedder": str(Path(embedder_path).resolve()),
+               "images": [str(Path(p).resolve()) for p in paths],  # the worker runs in a folder of its own
                "threads": options.threads, "warmup": options.warmup, "runs": options.runs,
                "detector_ep": options.detector_ep, "embedder_ep": options.embedder_ep}
     with scratch_dir("bench") as tmp:
         threads = str(options.threads)
-        env = {**clean_env(), "PYTHONPATH": str(import_shim(tmp)), "OMP_NUM_THREADS": threads}
+        env = {**worker_env("openvino", options.cache_dir, import_shim(tmp)), "OMP_NUM_THREADS": threads}
         try:
             result = subprocess.run([probe["python"], "-m", "edgepipe.face_bench"], input=json.dumps(request),
                                     capture_output=True, text=True, timeout=_PEER_TIMEOUT_S, env=env, cwd=tmp)

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgepipe.runtime.errors import ArtifactError
+from edgepipe.runtime.providers import DEVICES, captured, explain, not_listed, preload, session_providers
 from edgepipe.runtime.specs import ArtifactMeta, Layout
 
 __all__ = ["load", "Model", "read_contract"]
@@ -79,6 +80,7 @@ def load(
     path: str | Path,
     *,
     providers: list | None = None,
+    device: str | None = None,
     intra_op_threads: int = 0,
     session_options: ort.SessionOptions | None = None,
 ) -> Model:
@@ -86,7 +88,10 @@ def load(
 
     Args:
         path: an ONNX file written by edgepipe.
-        providers: onnxruntime providers (default: CPU only).
+        providers: onnxruntime's providers argument, used as given (default: CPU only).
+        device: instead of `providers`: "cpu", "cuda", "tensorrt" (CUDA behind it for what TensorRT does not take;
+            engines and timing cache under `$EDGEPIPE_CACHE/tensorrt/`, fp16 for an fp16 artifact) or "openvino".
+            A device whose provider does not run here is an ArtifactError saying why, never a silent CPU run.
         intra_op_threads: onnxruntime intra-op threads; 0 lets onnxruntime choose.
         session_options: options to start from (e.g. profiling on); the thread count and log level are set on them.
 
@@ -94,20 +99,50 @@ def load(
         A `Model` whose `meta` says how to pre- and post-process.
 
     Raises:
-        ArtifactError: the file is missing, not ONNX, has no or an incompatible edgepipe contract, or its
-            inputs/outputs do not match the contract.
+        ArtifactError: the file is missing, not ONNX, has no or an incompatible edgepipe contract, its
+            inputs/outputs do not match the contract, or the `device` asked for does not run here.
+        ValueError: both `providers` and `device`, or an unknown device.
     """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such artifact file")
+    if device is not None and providers is not None:
+        raise ValueError("give providers or device, not both")
     options = session_options or ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.log_severity_level = 3
+    if device not in (None, "cpu"):
+        return _load_on(path, device, options, intra_op_threads)
+    session = _session(path, options, providers or ["CPUExecutionProvider"])
+    return _model(path, session)
+
+
+def _load_on(path: Path, device: str, options: ort.SessionOptions, threads: int) -> Model:
+    """`load` on an accelerator: its providers, its libraries preloaded, and a refusal naming why when it drops."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    if not_listed(DEVICES[device]):
+        raise ArtifactError(f"{path}: device {device!r}: {not_listed(DEVICES[device])}")
+    fp16 = device == "tensorrt" and _model(path, _session(path, ort.SessionOptions(), ["CPUExecutionProvider"])
+                                           ).meta.precision.value == "fp16"
+    options.log_severity_level = 2  # the warnings that say why a provider drops out, captured for the error
+    with captured() as printed:
+        preload(DEVICES[device])
+        session = _session(path, options, session_providers(device, threads=threads, fp16=fp16))
+    options.log_severity_level = 3
+    if DEVICES[device] not in session.get_providers():
+        raise ArtifactError(f"{path}: device {device!r}: {explain(DEVICES[device], printed[0])}")
+    return _model(path, session)
+
+
+def _session(path: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
     try:
-        session = ort.InferenceSession(str(path), sess_options=options,
-                                       providers=providers or ["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own untyped errors for corrupt or invalid files
         raise ArtifactError(f"{path}: not a loadable ONNX model ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+
+
+def _model(path: Path, session: ort.InferenceSession) -> Model:
     meta = read_contract(session.get_modelmeta().custom_metadata_map, path)
     inputs = [i.name for i in session.get_inputs()]
     outputs = {o.name for o in session.get_outputs()}
