@@ -100,22 +100,26 @@ def raw_inputs(proto: onnx.ModelProto, path: Path, shapes: dict[str, tuple[int, 
 
 
 def cell_providers(ep: str, threads: int, batch: int, info: ArtifactInfo, cache_dir: Path,
-                   gpu: str | None = None) -> list:
+                   gpu: str | None = None, batches: tuple[int, ...] = ()) -> list:
     """The onnxruntime providers argument of a cell: only the requested provider (CPU is onnxruntime's implicit
-    fallback, which the profile then shows). TensorRT gets one fixed profile per batch, so its engine is built (or
-    loaded from the cache, `CACHE/tensorrt/GPU/`) at session creation, fp16 or int8 (from the QDQ nodes) as the
-    artifact is, and no CUDA provider behind it: a node TensorRT does not take shows up as a fallback."""
+    fallback, which the profile then shows). TensorRT gets a dynamic-batch profile from the smallest to the largest
+    of `batches` (this cell's batch as the one to optimise for), so its engine is built (or loaded from the cache,
+    `CACHE/tensorrt/GPU/`) at session creation, fp16 or int8 (from the QDQ nodes) as the artifact is, and no CUDA
+    provider behind it: a node TensorRT does not take shows up as a fallback."""
     if ep != "tensorrt":
         return session_providers(ep, threads=threads)
-    if info.meta is None:
-        shape = ",".join(f"{name}:{'x'.join(str(batch if d is None else d) for d in dims)}"
-                         for name, (dims, _) in info.raw_inputs.items())
-    else:
+
+    def shape(n: int) -> str:
+        if info.meta is None:
+            return ",".join(f"{name}:{'x'.join(str(n if d is None else d) for d in dims)}"
+                            for name, (dims, _) in info.raw_inputs.items())
         c, h, w = info.meta.input.shape_chw
-        dims = (batch, c, h, w) if info.meta.input.layout == Layout.NCHW else (batch, h, w, c)
-        shape = f"{info.meta.input_name}:{'x'.join(map(str, dims))}"
+        dims = (n, c, h, w) if info.meta.input.layout == Layout.NCHW else (n, h, w, c)
+        return f"{info.meta.input_name}:{'x'.join(map(str, dims))}"
+
     (name, options), _ = session_providers("tensorrt", fp16=info.precision == "fp16",
                                            int8=info.precision.startswith("int8"), cache_dir=cache_dir,
                                            gpu=gpu or "gpu0")
-    return [(name, {**options, "trt_profile_min_shapes": shape, "trt_profile_opt_shapes": shape,
-                    "trt_profile_max_shapes": shape})]
+    low, high = min((*batches, batch)), max((*batches, batch))
+    return [(name, {**options, "trt_profile_min_shapes": shape(low), "trt_profile_opt_shapes": shape(batch),
+                    "trt_profile_max_shapes": shape(high)})]

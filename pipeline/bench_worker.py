@@ -97,6 +97,7 @@ def _run_ort(spec: dict, batch, meta, started: float) -> dict:
     t0 = time.perf_counter()
     with captured() as printed:  # onnxruntime says on stderr why a provider dropped out: keep it for the reason
         preload(provider)
+        gpu_before = _gpu_used_mb() if provider in _NVIDIA_PROVIDERS else None
         try:
             if meta is None:
                 session = ort.InferenceSession(spec["artifact"], sess_options=options, providers=providers)
@@ -126,8 +127,27 @@ def _run_ort(spec: dict, batch, meta, started: float) -> dict:
               "first_inference_ms": first_ms, "rss_before_load_mb": rss_before, "nodes_by_ep": nodes_by_ep,
               "providers": active, "runtime": f"onnxruntime {ort.__version__}"}
     if provider in _NVIDIA_PROVIDERS:
+        used = _gpu_used_mb()  # after the timed runs: onnxruntime's arena keeps its high-water mark
+        result["gpu_mem_mb"] = used - gpu_before if used is not None and gpu_before is not None else None
         result.update(_on_the_gpu(spec, session, feed, providers, int(spec["threads"])))
     return result
+
+
+def _gpu_used_mb() -> float | None:
+    """Memory in use on GPU 0 (total - free, MiB) by the CUDA runtime's count, None where it does not load. Read
+    before the session (after the CUDA context exists) and after the runs, the difference is the session's."""
+    import ctypes
+
+    try:
+        from onnxruntime.capi import build_and_package_info as build
+
+        cudart = ctypes.CDLL(f"libcudart.so.{(getattr(build, 'cuda_version', '') or '13').split('.')[0]}")
+    except (ImportError, OSError):
+        return None
+    free, total = ctypes.c_size_t(), ctypes.c_size_t()
+    if cudart.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total)) != 0:
+        return None
+    return (total.value - free.value) / 2**20
 
 
 def _on_the_gpu(spec: dict, session, feed: dict, providers: list, threads: int) -> dict:
@@ -212,9 +232,10 @@ def _run_torch(spec: dict, batch, meta, started: float) -> dict:
         first_ms = (time.perf_counter() - t0) * 1e3
         latencies = _time_runs(with_copies, int(spec["warmup"]), int(spec["runs"]))
         device_ms = _time_runs(on_device, int(spec["warmup"]), int(spec["runs"])) if device == "cuda" else None
+    gpu = {"device_ms": device_ms, "gpu_mem_mb": torch.cuda.max_memory_allocated() / 2**20} if device_ms else {}
     return {"status": "ok", "latencies_ms": latencies, "import_ms": import_ms, "session_create_ms": session_ms,
             "first_inference_ms": first_ms, "rss_before_load_mb": rss_before, "runtime": f"torch {torch.__version__}",
-            **({"device_ms": device_ms} if device_ms else {})}
+            **gpu}
 
 
 def _tensors(output) -> list:

@@ -119,6 +119,7 @@ class BenchmarkRow:
     copy_share: float | None = None  # 1 - device_ms_p50 / latency_ms_p50: the host<->device copies' share
     device_throughput_ips: float | None = None  # images per second at the best device-resident median
     cached_create_ms: float | None = None  # TensorRT: a second session's start, its engine from the cache
+    gpu_mem_mb: float | None = None  # GPU memory the cell's session took (onnxruntime: its arena after the runs)
     note: str = ""  # what an ok cell could not measure (a CUDA graph refused, ...)
     peak_rss_mb: float | None = None  # the worker's peak resident memory (interpreter and imports included)
     rss_before_load_mb: float | None = None  # the same just before the model was loaded
@@ -178,8 +179,8 @@ def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow
         precision = precision or ("fp32" if ep == "torch" else info.precision)
         for threads in (options.threads[:1] if ep in _GPU_EPS else options.threads):
             for batch in options.batch:
-                cell = {**spec, "providers": cell_providers(ep, threads, batch, info, cache_dir,
-                                                            gpu and gpu["name"])} if spec["kind"] == "ort" else spec
+                cell = {**spec, "providers": cell_providers(ep, threads, batch, info, cache_dir, gpu and gpu["name"],
+                                                            options.batch)} if spec["kind"] == "ort" else spec
                 result = ({"status": "unavailable", "reason": reason} if reason
                           else _run_worker(probe["python"], env, cell, info, image, threads, batch, options, shim))
                 rows.append(_row(info, ep, env, threads, batch, result, precision,
@@ -278,6 +279,7 @@ def _row(info: ArtifactInfo, ep: str, env: str, threads: int, batch: int, result
         copy_share=_sig(1 - device / p50 if device else None, 3),
         device_throughput_ips=_sig(batch * 1e3 / best if best else None, 5),
         cached_create_ms=_round(result.get("cached_create_ms"), 1), note=result.get("note", ""),
+        gpu_mem_mb=_round(result.get("gpu_mem_mb"), 1),
         rss_before_load_mb=_round(result.get("rss_before_load_mb"), 1),
         import_ms=_round(result.get("import_ms"), 1), session_create_ms=_round(result.get("session_create_ms"), 1),
         first_inference_ms=_round(result.get("first_inference_ms"), 2), nodes_by_ep=nodes or {},

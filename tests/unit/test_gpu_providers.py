@@ -197,3 +197,16 @@ def test_the_probe_model_bytes_match_a_rebuild():
                               opset_imports=[helper.make_opsetid("", 13)], producer_name="edgepipe")
     model.ir_version = 7
     assert base64.b64encode(model.SerializeToString()) == base64.b64encode(PROBE_MODEL)
+
+
+def test_tensorrt_profile_spans_the_asked_batches(tmp_path):
+    """One TensorRT profile from the smallest to the largest --batch, optimised for the cell's own batch; fp16 and
+    int8 follow the artifact."""
+    from edgepipe.bench_inputs import artifact_info, cell_providers
+
+    info = artifact_info(tiny_embedder(tmp_path / "tiny_embed.test.fp32.onnx"))
+    [(name, options)] = cell_providers("tensorrt", 1, 8, info, tmp_path, "NVIDIA H200", (1, 8, 32))
+    batch = {key: int(options[f"trt_profile_{key}_shapes"].split(":")[1].split("x")[0]) for key in ("min", "opt", "max")}
+    assert name == "TensorrtExecutionProvider" and batch == {"min": 1, "opt": 8, "max": 32}
+    assert options["trt_fp16_enable"] == options["trt_int8_enable"] == "False"
+    assert options["trt_engine_cache_path"] == str(tmp_path / "tensorrt" / "NVIDIA_H200")
