@@ -59,6 +59,9 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
     if head.task == Task.FACE_EMBEDDING:
         if gallery is None or detector is None:
             raise SpecError(f"{artifact} is a face embedder: pass --gallery and --detector to identify people")
+        from edgepipe.cli_faces import enable_gallery_index
+
+        enable_gallery_index()
         recognizer = FaceRecognizer(FaceDetector.from_path(detector), FaceEmbedder(model), FaceGallery.load(gallery))
 
         def identify(im):

@@ -6,36 +6,20 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edgepipe.runtime.atomic import atomic_write, locked
 from edgepipe.runtime.enums import Task
 from edgepipe.runtime.errors import ArtifactError, InputError
-from edgepipe.runtime.postprocess import embedding_distance
+from edgepipe.runtime.gallery import FaceGallery, Match
 from edgepipe.runtime.preprocess import align_face, as_rgb, prepare, to_input
 from edgepipe.runtime.results import Face, InputMapping
 from edgepipe.runtime.session import Model, load
 from edgepipe.runtime.specs import EmbeddingHead
 
-__all__ = ["FaceDetector", "FaceEmbedder", "FaceGallery"]
-
-GALLERY_FORMAT = "edgepipe-face-gallery"
-GALLERY_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Match:
-    """Who a face is: `name` is None for an unknown face; `distance` is to the nearest enrolled embedding."""
-
-    name: str | None
-    distance: float
-    nearest: str | None  # the closest enrolled name, even when over the threshold
-
+__all__ = ["FaceDetector", "FaceEmbedder", "FaceGallery", "FaceRecognizer", "Match"]
 
 # Keypoints some detectors give and others derive: the mouth centre is the middle of its corners.
 _DERIVED = {"mouth": ("mouth_right", "mouth_left")}
@@ -154,123 +138,6 @@ class FaceEmbedder:
     def embed(self, image_rgb: np.ndarray, faces: list[Face]) -> np.ndarray:
         image_rgb = as_rgb(image_rgb)
         return self.embed_chips([face_chip(image_rgb, face, self.head) for face in faces])
-
-
-class FaceGallery:
-    """Named face embeddings persisted as JSON (no pickle); identifies by nearest distance under a threshold."""
-
-    def __init__(self, model_name: str, metric: str, threshold: float):
-        self.model_name = model_name
-        self.metric = metric
-        self.threshold = float(threshold)
-        self._people: dict[str, np.ndarray] = {}  # name -> (n, D)
-
-    @classmethod
-    def for_embedder(cls, embedder: FaceEmbedder) -> "FaceGallery":
-        return cls(embedder.model.meta.model_name, embedder.head.metric, embedder.head.match_thresh)
-
-    @property
-    def names(self) -> list[str]:
-        return sorted(self._people)
-
-    def count(self, name: str) -> int:
-        return len(self._people.get(name, ()))
-
-    def enroll(self, name: str, embeddings: np.ndarray) -> None:
-        """Add embeddings (D,) or (N, D) under `name`; checked before anything changes."""
-        name = self._checked_name(name)
-        embeddings = np.atleast_2d(np.asarray(embeddings, np.float32))
-        dims = {v.shape[1] for v in self._people.values()}
-        if embeddings.ndim != 2 or not embeddings.size or (dims and embeddings.shape[1] not in dims):
-            raise InputError(f"embeddings of shape {embeddings.shape} do not fit this gallery "
-                             f"(expected (N, {dims.pop() if dims else 'D'}))")
-        if not np.isfinite(embeddings).all():
-            raise InputError(f"embeddings for {name!r} hold NaN or infinite values")
-        if name in self._people:
-            embeddings = np.concatenate([self._people[name], embeddings])
-        self._people[name] = embeddings
-
-    @staticmethod
-    def _checked_name(name: str) -> str:
-        name = str(name).strip()
-        if not name:
-            raise InputError("a gallery name must not be empty")
-        return name
-
-    def remove(self, name: str) -> None:
-        if name not in self._people:
-            raise InputError(f"gallery has no person {name!r}; enrolled: {self.names}")
-        del self._people[name]
-
-    def rename(self, old: str, new: str) -> None:
-        """Give `old`'s embeddings the name `new`; every check comes before the change, so a bad name loses nothing."""
-        new = self._checked_name(new)
-        if old not in self._people:
-            raise InputError(f"gallery has no person {old!r}; enrolled: {self.names}")
-        if new in self._people:
-            raise InputError(f"gallery already has a person {new!r}")
-        self._people[new] = self._people.pop(old)
-
-    def identify(self, embeddings: np.ndarray, threshold: float | None = None) -> list[Match]:
-        """Match each row of `embeddings` (N, D) to the nearest enrolled person."""
-        threshold = self.threshold if threshold is None else float(threshold)
-        if not np.isfinite(threshold) or threshold <= 0:
-            raise InputError(f"match threshold must be a finite distance > 0, got {threshold!r}")
-        embeddings = np.atleast_2d(embeddings)
-        if not self._people:
-            return [Match(None, float("inf"), None) for _ in embeddings]
-        names = self.names
-        best = np.stack([embedding_distance(embeddings, self._people[n], self.metric).min(1) for n in names], 1)
-        matches = []
-        for row in best:  # (P,) distance to each person
-            j = int(row.argmin())
-            matches.append(Match(names[j] if row[j] <= threshold else None, float(row[j]), names[j]))
-        return matches
-
-    @classmethod
-    def update(cls, path: str | Path, change, new) -> "FaceGallery":
-        """Read the gallery at `path` (or start `new()`), apply `change(gallery)` and save it, all under an
-        exclusive lock: concurrent writers each see the others' changes, none is lost."""
-        with locked(path):
-            gallery = cls.load(path) if Path(path).exists() else new()
-            change(gallery)
-            gallery.save(path)
-        return gallery
-
-    def save(self, path: str | Path) -> Path:
-        body = {
-            "format": GALLERY_FORMAT, "version": GALLERY_VERSION, "model": self.model_name,
-            "metric": self.metric, "threshold": self.threshold,
-            "people": {name: self._people[name].round(7).tolist() for name in self.names},
-        }
-        return atomic_write(path, json.dumps(body, indent=1).encode())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "FaceGallery":
-        """Read a gallery file; raises InputError naming the file and the problem if it is missing or corrupt."""
-        path = Path(path)
-        try:
-            body = json.loads(path.read_text())
-        except FileNotFoundError as e:
-            raise InputError(f"{path}: no such gallery file") from e
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{path}: corrupt gallery file ({type(e).__name__}: {e})") from e
-        if not isinstance(body, dict) or body.get("format") != GALLERY_FORMAT:
-            raise InputError(f"{path}: not an edgepipe face gallery (format field is missing or wrong)")
-        if body.get("version") != GALLERY_VERSION:
-            raise InputError(f"{path}: gallery version {body.get('version')!r}; expected {GALLERY_VERSION}")
-        try:
-            gallery = cls(str(body["model"]), str(body["metric"]), float(body["threshold"]))
-            if not np.isfinite(gallery.threshold) or gallery.threshold <= 0:
-                raise ValueError(f"threshold {gallery.threshold!r} is not a finite distance > 0")
-            for name, rows in body["people"].items():
-                array = np.asarray(rows, np.float32)
-                if array.ndim != 2 or array.shape[0] == 0:
-                    raise ValueError(f"person {name!r} has embeddings of shape {array.shape}")
-                gallery.enroll(name, array)
-        except (KeyError, TypeError, ValueError, AttributeError, InputError) as e:  # InputError: enroll's checks
-            raise InputError(f"{path}: corrupt gallery file ({type(e).__name__}: {e})") from e
-        return gallery
 
 
 class FaceRecognizer:

@@ -203,7 +203,7 @@ def test_any_gallery_file_loads_or_is_refused_in_one_line(tmp_path_factory, body
         assert "\n" not in str(e)
         return
     for name in gallery.names:
-        assert np.isfinite(gallery._people[name]).all()
+        assert np.isfinite(gallery.embeddings(name)).all()
 
 
 # ---- data sets ---------------------------------------------------------------------------------------------------
