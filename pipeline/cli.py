@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from edgepipe.cli_adopt import add_adopt_command, add_input_flags, has_contract, quantize_raw_command
-from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, positive_int, score
+from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, positive_int, score, shorten
 from edgepipe.cli_faces import add_face_commands
 from edgepipe.cli_train import add_training_commands
 from edgepipe.errors import EdgepipeError
@@ -78,7 +78,7 @@ def _cmd_eval(args) -> int:
     if args.json:
         check_destination(args.json)
     report = evaluate(args.artifact, args.data, detector=face_detector(args, args.artifact),
-                      interpolation=args.interpolation, reference=args.reference)
+                      interpolation=args.interpolation, reference=args.reference, task=args.task)
     if args.json:
         atomic_write(args.json, report.to_json().encode())
     print(f"{report.task.value} of {report.model} ({report.precision}) on {args.data}: "
@@ -141,7 +141,7 @@ def _cmd_bench(args) -> int:
     if any(r.get("device_ms_p50") is not None for r in rows):  # GPU cells: the copy-free figures beside
         columns[7:7] = ["device_ms_p50", "graph_ms_p50", "copy_share"]
     not_ok = [r for r in rows if r["status"] != "ok"]
-    shown = [dict(r, reason=_shorten(r.get("reason") or "", 70)) for r in rows]
+    shown = [dict(r, reason=shorten(r.get("reason") or "", 70)) for r in rows]
     print(render_table(shown, columns + (["reason"] if not_ok else [])))
     print(f"wrote {args.json}" + (f"; the whole reason of each of the {len(not_ok)} rows not ok is there" if not_ok else ""))
     asked = [r for r in rows if r["ep"] in options.eps]  # not the torch / OpenCV baselines
@@ -157,20 +157,17 @@ def _cmd_bench(args) -> int:
     return 0
 
 
-def _shorten(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
 def _cmd_report(args) -> int:
     from edgepipe.pareto import accuracy_points
-    from edgepipe.report import read_bench_rows, render_report
+    from edgepipe.report import read_bench_rows, read_identification, render_report
     from edgepipe.runtime.atomic import check_destination, read_json
 
     check_destination(args.out, folder=True)
     rows = [row for path in args.results for row in read_bench_rows(Path(path))]
     evals = [read_json(p) for p in sorted({Path(r["artifact"]).with_suffix(".json") for r in rows if r.get("artifact")})
              if p.is_file()]
-    md, html = render_report(rows, accuracy_points(rows, evals), Path(args.out))
+    md, html = render_report(rows, accuracy_points(rows, evals), Path(args.out),
+                             [read_identification(Path(p)) for p in args.identification or ()])
     print(f"wrote {md} and {html}")
     return 0
 
@@ -245,6 +242,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="override the artifact's resize interpolation (default: the artifact's own)")
     ev.add_argument("--reference", action="store_true",
                     help="evaluate the source PyTorch model instead, through the same pre/post-processing")
+    ev.add_argument("--task", choices=["identification"], help="identification: open-set identification on an "
+                    "LFW-layout folder (first photo of each person enrolled, the rest probes, every 5th person an "
+                    "impostor never enrolled): rank-1, and detection-and-identification and false-accept rates at "
+                    "the gallery's threshold, with their curve against the threshold in the JSON")
     ev.set_defaults(func=_cmd_eval)
 
     quant = sub.add_parser("quantize", help="fp16 / int8 / int8-dynamic copy of an fp32 artifact, with its accuracy "
@@ -300,6 +301,8 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="Markdown + self-contained HTML report from bench JSON and the artifacts' "
                             "evaluation JSON")
     report.add_argument("results", nargs="+", help="bench JSON files")
+    report.add_argument("--identification", action="append", metavar="JSON", help="an `eval --task "
+                        "identification` report, drawn as DIR and FAR against the threshold; repeatable")
     report.add_argument("--out", required=True, help="output directory")
     report.set_defaults(func=_cmd_report)
 
@@ -389,7 +392,7 @@ def _terminated(signum, frame):
 
 # The optional packages, by the extra that installs them (pyproject.toml); the core install has none of them.
 _EXTRA_OF = {**dict.fromkeys(("torch", "onnx", "onnxscript", "safetensors", "pycocotools"), "torch"),
-             **dict.fromkeys(("streamlit", "pandas", "altair"), "demo")}
+             **dict.fromkeys(("streamlit", "pandas", "altair"), "demo"), "usearch": "gallery"}
 
 
 if __name__ == "__main__":

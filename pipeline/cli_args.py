@@ -82,3 +82,8 @@ def images(folder: str | None) -> list[Path] | None:
     if not paths:
         raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     return paths
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` cut to `width` characters, with "..." where it was cut."""
+    return text if len(text) <= width else text[:width - 3] + "..."

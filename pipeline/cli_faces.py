@@ -15,6 +15,7 @@ from edgepipe.cli_args import (
     distance,
     face_detector,
     images,
+    ints,
     positive_int,
     score,
 )
@@ -22,14 +23,25 @@ from edgepipe.cli_args import (
 __all__ = ["add_face_commands"]
 
 
-def _recognizer(args, gallery_must_exist: bool):
+def enable_gallery_index() -> None:
+    """Register usearch's index for large galleries (the `gallery` extra); without it galleries search exactly."""
+    try:
+        import edgepipe.gallery_ann  # noqa: F401  (registers the index)
+    except ImportError:
+        pass
+
+
+def _recognizer(args, gallery_must_exist: bool | None):
+    """The detector + embedder the flags name (defaults beside each other, else CACHE/artifacts) and `--gallery`
+    (None: no gallery involved)."""
     from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, FaceRecognizer
 
+    enable_gallery_index()
     embedder_path = Path(args.embedder) if args.embedder else artifact_dir(args) / EMBEDDER
     detector_path = face_detector(args, embedder_path) or artifact_dir(args) / FACE_DETECTOR
     detector, embedder = FaceDetector.from_path(detector_path), FaceEmbedder.from_path(embedder_path)
-    gallery = FaceGallery.load(args.gallery) if gallery_must_exist or Path(args.gallery).exists() else None
-    return FaceRecognizer(detector, embedder, gallery)
+    wanted = gallery_must_exist is not None and (gallery_must_exist or Path(args.gallery).exists())
+    return FaceRecognizer(detector, embedder, FaceGallery.load(args.gallery) if wanted else None)
 
 
 def _cmd_faces_enroll(args) -> int:
@@ -94,6 +106,38 @@ def _cmd_faces_bench(args) -> int:
     machine = result["machine"]
     print(f"{args.threads} thread(s), {machine.get('cpu')} ({', '.join(machine.get('isa', []))}); speedup = the "
           f"row's ms per photo / edgepipe's; wrote {args.json}")
+    return 0
+
+
+def _cmd_faces_bench_gallery(args) -> int:
+    import numpy as np
+
+    from edgepipe.gallery_bench import GalleryBenchOptions, bench_gallery
+    from edgepipe.report import render_table
+    from edgepipe.runtime import read_image
+    from edgepipe.runtime.atomic import atomic_write, check_destination
+
+    check_destination(args.json)
+    real, metric = {}, args.metric
+    if args.real:  # LFW layout: every person with two or more photos; the first photo is enrolled
+        recognizer = _recognizer(args, gallery_must_exist=None)
+        metric = recognizer.embedder.head.metric
+        root = Path(args.real) / "images" if (Path(args.real) / "images").is_dir() else Path(args.real)
+        for person in sorted(p for p in root.iterdir() if p.is_dir()):
+            photos = images(person)
+            if len(photos) >= 2:
+                real[person.name] = np.stack([np.ravel(recognizer.largest_face(read_image(photo), str(photo))[1])
+                                              for photo in photos])
+        print(f"{sum(map(len, real.values()))} photos of {len(real)} real people from {args.real}, {metric} metric",
+              flush=True)
+    options = GalleryBenchOptions(sizes=args.sizes, dim=next(iter(real.values())).shape[1] if real else args.dim,
+                                  queries=args.queries, metric=metric, efs=args.ef, real=real)
+    rows = bench_gallery(options)
+    atomic_write(args.json, json.dumps(rows, indent=1).encode())
+    print(render_table(rows, ["size", "search", "build_s", "memory_mb", "query_ms_p50", "query_ms_p99",
+                              "recall_at_1", "rank1_vs_truth", "queries"]))
+    print(f"queries on 1 thread through FaceGallery.identify; the index built on {rows[0]['build_threads']} cores; "
+          f"recall@1 against exact search; wrote {args.json}")
     return 0
 
 
@@ -181,6 +225,27 @@ def add_face_commands(sub) -> None:
                            "the environment `edgepipe env create openvino` makes")
     bench.add_argument("--json", required=True, help="write the rows and the machine here")
     bench.set_defaults(func=_cmd_faces_bench)
+    scale = faces.add_parser(
+        "bench-gallery", help="gallery search at 10^4..10^6 people: exact vs usearch's HNSW index",
+        description="Time face identification against galleries of synthetic people (128-d unit vectors in "
+        "look-alike groups; probes are enrolled people's vectors moved by noise), exact search against the HNSW "
+        "index large galleries use: build time, memory, query p50/p99 on one thread through FaceGallery.identify, "
+        "recall@1 of the index against exact search. --real adds real people's embeddings (an LFW-layout folder, "
+        "through the face pipeline) to the gallery and their other photos to the probes.")
+    scale.add_argument("--sizes", type=ints, default=(10_000, 100_000, 1_000_000),
+                       help="comma-separated gallery sizes (default 10000,100000,1000000)")
+    scale.add_argument("--queries", type=positive_int, default=1000, help="probes per size (default 1000)")
+    scale.add_argument("--ef", type=ints, default=(64, 128, 256), help="HNSW search depths to measure on each "
+                       "index (default 64,128,256)")
+    scale.add_argument("--dim", type=positive_int, default=128, help="embedding size without --real (default 128)")
+    scale.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
+                       help="distance without --real (default cosine; with --real, the embedder's)")
+    scale.add_argument("--real", help="an LFW-layout folder whose people join the gallery (first photo) and the "
+                       "probes (the others)")
+    scale.add_argument("--detector", help=f"with --real: face detector (default: {FACE_DETECTOR})")
+    scale.add_argument("--embedder", help=f"with --real: face embedder (default: CACHE/artifacts/{EMBEDDER})")
+    scale.add_argument("--json", required=True, help="write the rows and the machine here")
+    scale.set_defaults(func=_cmd_faces_bench_gallery)
     demo = sub.add_parser("demo", help="the Streamlit demo: face recognition, object detection, model lab; extra "
                           "flags go to `streamlit run` (e.g. --server.port 8601 --server.headless true)",
                           description="Open the Streamlit demo (face recognition, object detection, model lab) over "

@@ -66,7 +66,8 @@ def detect_layout(data_dir: Path) -> str:
 
 
 def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path | None = None,
-             interpolation: str | None = None, reference: bool = False, progress: bool = True) -> EvalReport:
+             interpolation: str | None = None, reference: bool = False, progress: bool = True,
+             task: str | None = None) -> EvalReport:
     """Evaluate an artifact on a data folder whose layout matches its task.
 
     Args:
@@ -78,6 +79,8 @@ def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path
         reference: evaluate the source PyTorch model the artifact was exported from (the zoo weights), through the
             same runtime pre- and post-processing, instead of the ONNX file.
         progress: show a progress bar on stderr.
+        task: "identification" scores open-set identification on an LFW-layout folder (`edgepipe.identification`)
+            instead of the task its layout implies.
 
     Returns:
         The report.
@@ -86,6 +89,8 @@ def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path
         InputError: the folder is malformed. SpecError: the artifact's task does not fit the data.
         ArtifactError: an artifact does not load.
     """
+    if task == "identification":
+        return _identification(artifact, Path(data_dir), detector, progress)
     detect_layout(Path(data_dir))  # a bad folder fails before the model loads
     model = load(artifact)
     if reference:
@@ -94,6 +99,18 @@ def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path
         model = dataclasses.replace(model, meta=dataclasses.replace(
             model.meta, input=dataclasses.replace(model.meta.input, interpolation=interpolation)))
     return evaluate_model(model, data_dir, detector=detector, progress=progress)
+
+
+def _identification(artifact, data_dir: Path, detector, progress: bool) -> EvalReport:
+    from edgepipe.identification import identification
+
+    model = load(artifact)
+    if model.meta.head.task != Task.FACE_EMBEDDING:
+        raise SpecError(f"{artifact}: identification needs a face embedder, not a {model.meta.task.value} model")
+    if detector is None:
+        raise SpecError("identification needs a face detector to align faces: pass --detector")
+    return identification(FaceEmbedder(model), FaceDetector.from_path(detector), data_dir, progress=progress,
+                          precision=_precision(model))
 
 
 def evaluate_model(model, data_dir: str | Path, *, detector: str | Path | None = None,

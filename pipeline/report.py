@@ -124,7 +124,8 @@ _NO_ACCURACY = ("No accuracy figures: the artifacts' JSON holds no evaluation. `
                 "`edgepipe eval ARTIFACT --data DIR` (a COCO, WIDER FACE or LFW folder) adds them.")
 
 
-def render_report(bench_rows: list[dict], points: list[AccuracyPoint], out_dir: Path) -> tuple[Path, Path]:
+def render_report(bench_rows: list[dict], points: list[AccuracyPoint], out_dir: Path,
+                  identifications: list[dict] = ()) -> tuple[Path, Path]:
     """Write `report.md` (tables) and `report.html` (the same tables plus inline SVG plots, no network needed).
 
     Plots: per model, batch-1 latency per provider x precision x threads (p50 bar, whisker to p99); accuracy
@@ -134,6 +135,7 @@ def render_report(bench_rows: list[dict], points: list[AccuracyPoint], out_dir: 
         bench_rows: `BenchmarkRow.to_dict()` rows, from one or more `edgepipe bench` runs.
         points: `pareto.accuracy_points(bench_rows, eval_jsons)`, front flags included; may be empty.
         out_dir: created if missing.
+        identifications: `eval --task identification` reports, each drawn as DIR and FAR against the threshold.
 
     Returns:
         (path of report.md, path of report.html).
@@ -169,6 +171,36 @@ def render_report(bench_rows: list[dict], points: list[AccuracyPoint], out_dir: 
     if not points:  # said once, not once per model
         md += [_NO_ACCURACY, ""]
         html.append(f"<p>{escape(_NO_ACCURACY)}</p>")
+    for report in identifications:
+        title, lines = _identification_section(report)
+        md += [f"## {title}", "", *lines, ""]
+        curve = report["details"]["curve"]
+        html += [f"<h2>{escape(title)}</h2>", "".join(f"<p>{escape(line)}</p>" for line in lines),
+                 line_chart(title, {"DIR (genuine, named right)": [(c["threshold"], c["dir"]) for c in curve],
+                                    "FAR (impostors accepted)": [(c["threshold"], c["far"]) for c in curve]},
+                            f"threshold ({report['details']['metric']} distance)", "rate")]
     md_path = atomic_write(out_dir / "report.md", "\n".join(md).encode())
     html_path = atomic_write(out_dir / "report.html", ("".join(html) + "</body></html>").encode())
     return md_path, html_path
+
+
+def _identification_section(report: dict) -> tuple[str, list[str]]:
+    m, d = report["metrics"], report["details"]
+    title = f"Identification: {report['model']} ({report['precision']}) on {report['data']}"
+    return title, [f"{d['protocol']}: {d['enrolled']} enrolled, {d['genuine_probes']} genuine probes, "
+                   f"{d['impostor_probes']} impostor probes ({', '.join(d['impostors'])}).",
+                   f"rank-1 {100 * m['rank1']:.2f}%; at the gallery's threshold {m['threshold']:.4g}: DIR "
+                   f"{100 * m['dir']:.2f}%, FAR {100 * m['far']:.2f}%."]
+
+
+def read_identification(path: Path) -> dict:
+    """An `eval --task identification --json` report; InputError naming the file and what is missing."""
+    report = read_json(path)
+    try:
+        curve = report["details"]["curve"]
+        if not curve or not all(isinstance(c[k], (int, float)) for c in curve for k in ("threshold", "dir", "far")):
+            raise KeyError("curve")
+        [report["metrics"][k] for k in ("rank1", "dir", "far", "threshold")]
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{path}: not an `eval --task identification` report (no {e} in it)") from e
+    return report

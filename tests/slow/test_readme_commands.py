@@ -32,7 +32,7 @@ RUN_HERE = {  # every command README.md shows -> the test below that runs it
     "train": "test_fine_tune_block", "split": "test_fine_tune_block", "run": "test_run_an_image",
     "demo": "test_demo_serves_the_app", "faces enroll": "test_faces_and_run_with_a_gallery",
     "faces identify": "test_faces_and_run_with_a_gallery", "faces bench": "test_faces_bench_against_its_peers",
-    "adopt": "test_adopt_bring_your_own_block",
+    "adopt": "test_adopt_bring_your_own_block", "faces bench-gallery": "test_gallery_bench_with_real_people",
 }
 NOISE = ("Traceback", "torchvision", "FutureWarning", "DeprecationWarning")
 
@@ -160,15 +160,28 @@ def test_quantize_fp16(art, tmp_path, cache):
     assert json.loads(onnx_path.with_suffix(".json").read_text())["precision"] == "fp16"
 
 
-def test_bench_then_report(art, tmp_path, cache):
+def test_bench_then_report(art, shared_data, tmp_path, cache):
+    """bench, then report with an open-set identification curve (`eval --task identification` on lfw_10ids)."""
     model = art / "blazeface_front.mediapipe.fp32.onnx"
     out = edgepipe("bench", model, "--threads", "1", "--warmup", 1, "--runs", 3, "--no-baselines", "--json",
                    tmp_path / "bench.json", cwd=tmp_path, cache=cache).stdout
     rows = json.loads((tmp_path / "bench.json").read_text())
     assert [r["status"] for r in rows] == ["ok"] and rows[0]["latency_ms_p50"] > 0 and "blazeface_front" in out
-    edgepipe("report", tmp_path / "bench.json", "--out", tmp_path / "report", cwd=tmp_path, cache=cache)
-    assert "blazeface_front.mediapipe" in (tmp_path / "report" / "report.md").read_text()
-    assert "<svg" in (tmp_path / "report" / "report.html").read_text()
+    out = edgepipe("eval", art / "sface.opencv.fp32.onnx", "--data", shared_data / "lfw_10ids", "--task",
+                   "identification", "--json", tmp_path / "id.json", cwd=tmp_path, cache=cache).stdout
+    found = json.loads((tmp_path / "id.json").read_text())
+    assert found["details"]["impostors"] == ["George_W_Bush", "Vladimir_Putin"]  # every 5th person, never enrolled
+    assert found["details"]["genuine_probes"] == 72 and found["details"]["impostor_probes"] == 20
+    assert found["metrics"]["rank1"] >= 0.95 and found["metrics"]["far"] <= 0.1, found["metrics"]
+    curve = found["details"]["curve"]
+    assert curve[0]["far"] == 0 and curve[-1]["far"] == 1 and curve[-1]["dir"] == found["metrics"]["rank1"]
+    assert "rank1" in out
+    edgepipe("report", tmp_path / "bench.json", "--identification", tmp_path / "id.json", "--out",
+             tmp_path / "report", cwd=tmp_path, cache=cache)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "blazeface_front.mediapipe" in md and "Identification: sface.opencv" in md
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("<svg") >= 2 and "FAR (impostors accepted)" in html
 
 
 def test_env_create(art, shared_data, tmp_path, cache):
@@ -228,6 +241,21 @@ def test_faces_bench_against_its_peers(art, shared_data, tmp_path, cache):
         assert opencv["faces"] == ours["faces"] >= ours["images"]  # the same YuNet at the same threshold
         assert dlib["faces"] >= 1 and dlib["speedup"] == round(dlib["image_ms"] / ours["image_ms"], 2)
     assert result["threads"] == 1 and result["machine"]["cpu"] and "face_recognition 1.3.0" in out
+
+
+def test_gallery_bench_with_real_people(art, shared_data, tmp_path, cache):
+    """README's gallery benchmark, small: 3,000 synthetic people plus LFW's ten through the face pipeline."""
+    out = edgepipe("faces", "bench-gallery", "--sizes", 3000, "--queries", 100, "--ef", "16,64", "--real",
+                   shared_data / "lfw_10ids", "--embedder", art / "sface.opencv.fp32.onnx", "--json", "g.json",
+                   cwd=tmp_path, cache=cache).stdout
+    assert "100 photos of 10 real people" in out and "cosine metric" in out, out
+    rows = json.loads((tmp_path / "g.json").read_text())
+    assert [r["search"] for r in rows] == ["exact", "usearch ef16", "usearch ef64"]
+    exact, _, deep = rows
+    assert exact["people"] == 3010 and exact["queries"] == 190 and exact["real_probes"] == 90
+    assert exact["recall_at_1"] == 1.0 and deep["recall_at_1"] >= 0.95  # against exact search
+    assert exact["rank1_vs_truth"] >= 0.9  # real photos of enrolled people find them among 3,010
+    assert all(r["query_ms_p50"] > 0 and r["query_threads"] == 1 for r in rows)
 
 
 def test_adopt_bring_your_own_block(tmp_path, cache):

@@ -1,0 +1,152 @@
+"""`edgepipe faces bench-gallery`: how a face gallery scales, exact search against usearch's HNSW index, at sizes
+from thousands to millions of people: build time, memory, query p50/p99 on one thread through
+`FaceGallery.identify` (the Python around the index included), and recall@1 of the index against exact search.
+
+The gallery is synthetic: `size` people, one 128-d unit vector each, clustered the way face embeddings are (groups of
+look-alikes around shared directions); each probe is an enrolled person's vector moved by noise to cosine distance
+~0.36 (a new photo of them), so every probe has a true nearest person. With `real` embeddings (for example LFW faces through the
+embedder), those people join the gallery (one photo each) and their other photos are probes too.
+
+The measurement runs in a child process whose BLAS and OpenMP pools have one thread, so "1 thread" is true for the
+exact search's matrix product as well as for the index; building the index uses every core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from edgepipe.errors import BenchmarkError
+
+__all__ = ["GalleryBenchOptions", "bench_gallery"]
+
+
+@dataclass(frozen=True)
+class GalleryBenchOptions:
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    dim: int = 128
+    queries: int = 1000  # timed probes per size and search
+    metric: str = "cosine"
+    seed: int = 0
+    efs: tuple[int, ...] = (64, 128, 256)  # HNSW search depths measured on one build
+    real: dict = field(default_factory=dict)  # name -> (n, dim) embeddings of real people (their first is enrolled)
+
+    def __post_init__(self) -> None:
+        if not self.sizes or any(not isinstance(s, int) or s < 1 for s in self.sizes):
+            raise BenchmarkError(f"sizes must be ints >= 1, got {self.sizes!r}")
+        if not 2 <= self.dim <= 4096 or not 1 <= self.queries <= 1_000_000:
+            raise BenchmarkError(f"need 2 <= dim <= 4096 and 1 <= queries <= 10^6, got {self.dim}, {self.queries}")
+        if not self.efs or any(not isinstance(e, int) or e < 1 for e in self.efs):
+            raise BenchmarkError(f"efs must be ints >= 1, got {self.efs!r}")
+        if self.metric not in ("cosine", "euclidean"):
+            raise BenchmarkError(f"metric must be cosine or euclidean, got {self.metric!r}")
+
+
+def bench_gallery(options: GalleryBenchOptions) -> list[dict]:
+    """One row per size x search ("exact", then "usearch efN" for each search depth), measured in a one-thread
+    child process.
+
+    Raises:
+        BenchmarkError: bad options, or the child process failed (its last line).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    request = {**asdict(options), "real": {k: np.asarray(v, np.float32).tolist() for k, v in options.real.items()},
+               "cores": os.cpu_count()}
+    done = subprocess.run([sys.executable, "-m", "edgepipe.gallery_bench"], input=json.dumps(request), text=True,
+                          capture_output=True, env=env)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()] or ["no output"]
+        raise BenchmarkError(f"the gallery benchmark failed (exit {done.returncode}): {lines[-1][:300]}")
+    return json.loads(done.stdout)
+
+
+def _people(size: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """`size` unit vectors in look-alike groups of about 50 around shared unit directions: 0.8 x the group's
+    direction + an isotropic part of norm ~1 (cosine similarity to a group-mate ~0.4, to a stranger ~0)."""
+    centres = _unit(rng.standard_normal((max(size // 50, 1), dim)).astype(np.float32))
+    return _unit(0.8 * centres[rng.integers(0, len(centres), size)] + _noise(rng, size, dim, 1.0))
+
+
+def _noise(rng: np.random.Generator, n: int, dim: int, norm: float) -> np.ndarray:
+    return (norm / np.sqrt(dim)) * rng.standard_normal((n, dim)).astype(np.float32)
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _measure(request: dict) -> list[dict]:
+    from edgepipe import gallery_ann
+    from edgepipe.runtime import FaceGallery
+    from edgepipe.timing import machine_info
+
+    rng = np.random.default_rng(request["seed"])
+    real = {name: np.asarray(v, np.float32) for name, v in request["real"].items()}
+    machine, rows = machine_info(), []
+    for size in request["sizes"]:
+        people = _people(size, request["dim"], rng)
+        picks = rng.integers(0, size, request["queries"])
+        # a new photo: cosine similarity ~0.64 to the enrolled one (distance ~0.36, as SFace's same-person pairs)
+        probes = _unit(people[picks] + _noise(rng, len(picks), request["dim"], 1.2))
+        truth = [f"s{i}" for i in picks]
+        names = [f"s{i}" for i in range(size)] + list(real)
+        vectors = [*people] + [v[0] for v in real.values()]
+        for name, v in real.items():
+            probes, truth = np.concatenate([probes, v[1:]]), truth + [name] * (len(v) - 1)
+        exact, answers = _timed(FaceGallery("bench", request["metric"], 2.0, ann_from=10**12), "exact", names,
+                                vectors, probes, truth, None, None, request, machine)
+        rows.append(exact)
+        indexed = FaceGallery("bench", request["metric"], 2.0, ann_from=1)
+        for ef in request["efs"]:  # one build, several search depths: recall against latency
+            rows.append(_timed(indexed, f"usearch ef{ef}", names, vectors, probes, truth, ef, answers, request,
+                               machine)[0])
+        del indexed
+    del gallery_ann
+    return rows
+
+
+def _timed(gallery, search: str, names, vectors, probes, truth, ef, exact, request, machine) -> tuple[dict, list]:
+    """Enroll (first call only), then identify every probe one at a time, timed; recall against the `exact`
+    answers (None: these are the exact ones). Returns the row and the answers."""
+    t0 = time.perf_counter()
+    if not len(gallery):
+        gallery.enroll_many(names, vectors)
+    build_s = time.perf_counter() - t0
+    if ef is not None:
+        gallery.index._index.expansion_search = ef
+    for probe in probes[:20]:  # warm-up
+        gallery.identify(probe)
+    latencies, found = [], []
+    for probe in probes:
+        t0 = time.perf_counter()
+        found.append(gallery.identify(probe)[0].nearest)
+        latencies.append((time.perf_counter() - t0) * 1e3)
+    memory = (gallery.index._index.memory_usage if gallery.index is not None else gallery._vectors.nbytes) / 2**20
+    reference = exact if exact is not None else found
+    return {
+        "size": len(names), "search": search, "people": len(gallery.names), "dim": request["dim"],
+        "build_s": round(build_s, 3) if build_s > 1e-3 else None, "memory_mb": round(memory, 1),
+        "query_ms_p50": round(float(np.percentile(latencies, 50)), 4),
+        "query_ms_p99": round(float(np.percentile(latencies, 99)), 4),
+        "recall_at_1": round(float(np.mean([a == b for a, b in zip(found, reference)])), 4),
+        "rank1_vs_truth": round(float(np.mean([a == t for a, t in zip(found, truth)])), 4),
+        "queries": len(probes), "real_probes": sum(not t.startswith("s") for t in truth),
+        "index": gallery.index.settings if gallery.index is not None else None,
+        "build_threads": request["cores"], "query_threads": 1, "machine": machine,
+    }, found
+
+
+def _worker() -> int:
+    request = json.loads(sys.stdin.read())
+    print(json.dumps(_measure(request)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker())
