@@ -126,7 +126,8 @@ def test_a_device_without_usearch_searches_exactly(tmp_path, monkeypatch):
 @pytest.mark.parametrize("suffix", [".json", ".gallery"])
 def test_two_processes_enrolling_at_once_lose_no_one(tmp_path, suffix):
     """Real processes, their read-modify-write windows overlapping: the lock and the atomic rename keep everyone,
-    in either format, with the index growing in place in format 2."""
+    in either format, with the index growing in place in format 2 (without the lock, issue #13, the last writer
+    won and the others were lost)."""
     path = tmp_path / f"g{suffix}"
     code = ("import sys, time, numpy as np\n"
             "import edgepipe.gallery_ann\n"
