@@ -173,7 +173,9 @@ def benchmark(artifacts: list[Path], options: BenchOptions) -> list[BenchmarkRow
 
     def measure(info, ep, env, spec, reason="", precision=None):
         """One row per thread count (one for a GPU cell) x batch: measured in `env`'s worker, or unavailable."""
-        probe = probes.setdefault(env, probe_env(env, cache_dir))
+        if env not in probes:  # once per environment: a probe opens a session on each of its providers
+            probes[env] = probe_env(env, cache_dir)
+        probe = probes[env]
         reason = reason or probe["reason"] or probe["usable"].get(spec.get("provider"), "")
         versions = {k: probe[k] for k in ("onnxruntime", "cuda_build", "cuda_driver", "cuda_runtime", "cudnn")}
         precision = precision or ("fp32" if ep == "torch" else info.precision)

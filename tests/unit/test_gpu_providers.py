@@ -210,3 +210,16 @@ def test_tensorrt_profile_spans_the_asked_batches(tmp_path):
     assert name == "TensorrtExecutionProvider" and batch == {"min": 1, "opt": 8, "max": 32}
     assert options["trt_fp16_enable"] == options["trt_int8_enable"] == "False"
     assert options["trt_engine_cache_path"] == str(tmp_path / "tensorrt" / "NVIDIA_H200")
+
+
+def test_each_environment_is_probed_once_per_benchmark(tmp_path, monkeypatch):
+    """A probe opens a session per provider in a fresh interpreter: once per environment, not once per cell."""
+    import edgepipe.benchmark as bench
+
+    calls = []
+    real = bench.probe_env
+    monkeypatch.setattr(bench, "probe_env", lambda env, cache: calls.append(env) or real(env, cache))
+    artifacts = [tiny_embedder(tmp_path / f"tiny_embed.test{i}.fp32.onnx") for i in range(2)]
+    rows = benchmark(artifacts, BenchOptions(eps=("cpu", "cuda"), threads=(1, 2), warmup=0, runs=1, baselines=False,
+                                             cache_dir=tmp_path, image=_image(tmp_path)))
+    assert len(rows) == 2 * (2 + 1) and sorted(calls) == ["gpu", "main"]
