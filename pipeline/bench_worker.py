@@ -80,8 +80,9 @@ def _run_ort(spec: dict, batch, meta, started: float) -> dict:
     from edgepipe.runtime.session import load
 
     provider = spec["provider"]
-    if not_listed(provider):
-        return {"status": "unavailable", "reason": not_listed(provider)}
+    missing = not_listed(provider)
+    if missing:
+        return {"status": "unavailable", "reason": missing}
     options = ort.SessionOptions()
     options.enable_profiling = True  # for the first run only: end_profiling() below stops it
     options.profile_file_prefix = str(Path(spec["profile_dir"]) / "ort_profile")
@@ -159,8 +160,10 @@ def _on_the_gpu(spec: dict, session, feed: dict, providers: list, threads: int) 
     warmup, runs, found, notes = int(spec["warmup"]), int(spec["runs"]), {}, []
     if session.get_inputs()[0].shape[0] == 1 and len(next(iter(feed.values()))) > 1:
         return {"note": "no device-resident timing: the graph's batch is fixed at 1"}
+    # the output buffers' shapes and types, from a plain run: a CUDA-graph session must never run unbound
+    outputs = dict(zip((o.name for o in session.get_outputs()), session.run(None, feed)))
     try:
-        found["device_ms"] = device_runs(session, feed, "cuda", warmup, runs)
+        found["device_ms"] = device_runs(session, feed, outputs, "cuda", warmup, runs)
     except Exception as e:  # onnxruntime's untyped errors
         notes.append(f"I/O binding: {_one_line(e)}")
     options = ort.SessionOptions()
@@ -169,25 +172,27 @@ def _on_the_gpu(spec: dict, session, feed: dict, providers: list, threads: int) 
         try:
             graph = ort.InferenceSession(spec["artifact"], sess_options=options,
                                          providers=[("CUDAExecutionProvider", _CUDA_GRAPH)])
-            found["graph_ms"] = device_runs(graph, feed, "cuda", warmup, runs)
+            found["graph_ms"] = device_runs(graph, feed, outputs, "cuda", warmup, runs)
         except Exception as e:  # a graph with CPU nodes or shape-dependent control flow cannot be captured
             notes.append(f"CUDA graph: {_one_line(e)}")
     else:
-        t0 = time.perf_counter()
-        ort.InferenceSession(spec["artifact"], sess_options=options, providers=providers)
-        found["cached_create_ms"] = (time.perf_counter() - t0) * 1e3
+        try:
+            t0 = time.perf_counter()
+            ort.InferenceSession(spec["artifact"], sess_options=options, providers=providers)
+            found["cached_create_ms"] = (time.perf_counter() - t0) * 1e3
+        except Exception as e:  # onnxruntime's untyped errors
+            notes.append(f"second session from the engine cache: {_one_line(e)}")
     return {**found, "note": "; ".join(notes)}
 
 
-def device_runs(session, feed: dict, device: str, warmup: int, runs: int) -> list[float]:
+def device_runs(session, feed: dict, outputs: dict, device: str, warmup: int, runs: int) -> list[float]:
     """Latencies (ms) of `session` with its inputs and outputs resident on `device` ("cuda", or "cpu" where
-    there is none): the inputs are copied there once and the outputs go to buffers allocated there once, from a
-    first run's shapes, so a timed run moves nothing between host and device; the fixed addresses also let a
-    CUDA-graph session replay its capture."""
+    there is none): the inputs are copied there once and the outputs go to buffers allocated there once, shaped
+    like `outputs` (name -> an array of a plain run), so a timed run moves nothing between host and device; the
+    fixed addresses also let a CUDA-graph session replay its capture."""
     import numpy as np
     import onnxruntime as ort
 
-    outputs = dict(zip((o.name for o in session.get_outputs()), session.run(None, feed)))
     binding, keep = session.io_binding(), []  # keep: the OrtValues must outlive the binding's use of them
     for name, array in feed.items():
         keep.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0))

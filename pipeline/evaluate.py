@@ -18,7 +18,7 @@ from edgepipe.metrics.coco import coco_map, read_coco
 from edgepipe.metrics.widerface import read_widerface_gt, widerface_ap
 from edgepipe.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
 from edgepipe.runtime.atomic import read_text
-from edgepipe.runtime.faces import face_chip, nearest_face
+from edgepipe.runtime.faces import nearest_face
 from edgepipe.runtime.postprocess import embedding_distance
 from edgepipe.runtime.preprocess import read_image
 from edgepipe.runtime.specs import Task
@@ -257,7 +257,7 @@ def _face_verification(embedder: FaceEmbedder, detector: FaceDetector, data_dir:
         if face is None:
             raise InputError(f"no face found in {path}")
         face = detector.refine(image, face)
-        embeddings[path] = embedder.embed_chips([face_chip(image, face, embedder.head)])[0]
+        embeddings[path] = embedder.embed(image, [face])[0]
     distances = np.array([embedding_distance(embeddings[a], embeddings[b], embedder.head.metric)[0, 0]
                           for a, b, _ in pairs])
     same = np.array([s for _, _, s in pairs])

@@ -48,6 +48,19 @@ class UsearchIndex:
     def __len__(self) -> int:
         return len(self._index)
 
+    @property
+    def expansion_search(self) -> int:
+        """HNSW's ef: how many candidates a query visits (recall against speed)."""
+        return self._index.expansion_search
+
+    @expansion_search.setter
+    def expansion_search(self, ef: int) -> None:
+        self._index.expansion_search = int(ef)
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self._index.memory_usage)
+
     def keys(self) -> np.ndarray:
         return np.asarray(self._index.keys, np.int64)
 

@@ -119,7 +119,7 @@ def _timed(gallery, search: str, names, vectors, probes, truth, ef, exact, reque
         gallery.enroll_many(names, vectors)
     build_s = time.perf_counter() - t0
     if ef is not None:
-        gallery.index._index.expansion_search = ef
+        gallery.index.expansion_search = ef
     for probe in probes[:20]:  # warm-up
         gallery.identify(probe)
     latencies, found = [], []
@@ -127,7 +127,7 @@ def _timed(gallery, search: str, names, vectors, probes, truth, ef, exact, reque
         t0 = time.perf_counter()
         found.append(gallery.identify(probe)[0].nearest)
         latencies.append((time.perf_counter() - t0) * 1e3)
-    memory = (gallery.index._index.memory_usage if gallery.index is not None else gallery._vectors.nbytes) / 2**20
+    memory = (gallery.index.memory_bytes if gallery.index is not None else len(gallery) * request["dim"] * 4) / 2**20
     reference = exact if exact is not None else found
     return {
         "size": len(names), "search": search, "people": len(gallery.names), "dim": request["dim"],

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, InputError, read_image
-from edgepipe.runtime.faces import face_chip, nearest_face
+from edgepipe.runtime.faces import nearest_face
 from edgepipe.runtime.specs import Task
 
 __all__ = ["identification"]
@@ -56,7 +56,7 @@ def identification(embedder: FaceEmbedder, detector: FaceDetector, data_dir: Pat
         face = nearest_face(detector.detect(image), np.array([image.shape[1], image.shape[0]]) / 2)
         if face is None:
             raise InputError(f"no face found in {path}")
-        vectors[path] = embedder.embed_chips([face_chip(image, detector.refine(image, face), embedder.head)])[0]
+        vectors[path] = embedder.embed(image, [detector.refine(image, face)])[0]
     gallery = FaceGallery.for_embedder(embedder)
     gallery.enroll_many(enrolled, [vectors[photos[name][0]] for name in enrolled])
     genuine = [(name, vectors[p]) for name in enrolled for p in photos[name][1:]]

@@ -63,6 +63,7 @@ class FaceGallery:
         self.threshold = float(threshold)
         self.ann_from, self.index_kind = int(ann_from), index_kind
         self.index = None  # the approximate index once built (or loaded)
+        self._warned = False  # said once that a large gallery has no index library to use
         self._names: dict[int, str] = {}  # person id -> name
         self._ids: dict[str, int] = {}  # name -> person id
         self._keys = np.empty(0, np.int64)  # one per vector, increasing
@@ -195,7 +196,7 @@ class FaceGallery:
         return [Match(n if d <= threshold else None, float(d), n) for n, d in zip(names, distances)]
 
     def _maybe_build_index(self) -> None:
-        if len(self) >= self.ann_from and self.index_kind not in _INDEXES and not getattr(self, "_warned", False):
+        if len(self) >= self.ann_from and self.index_kind not in _INDEXES and not self._warned:
             self._warned = True
             log.warning("%d vectors and no %s index registered (the gallery extra): searching exactly", len(self),
                         self.index_kind)

@@ -85,8 +85,9 @@ def check(provider: str, options: dict | None = None) -> str:
     """"" when a one-node session on `provider` keeps it, else one line saying why not (`explain`)."""
     import onnxruntime as ort
 
-    if not_listed(provider):
-        return not_listed(provider)
+    missing = not_listed(provider)
+    if missing:
+        return missing
     error = None
     with captured() as text:
         preload(provider)

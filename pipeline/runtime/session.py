@@ -121,8 +121,9 @@ def _load_on(path: Path, device: str, options: ort.SessionOptions, threads: int)
     """`load` on an accelerator: its providers, its libraries preloaded, and a refusal naming why when it drops."""
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
-    if not_listed(DEVICES[device]):
-        raise ArtifactError(f"{path}: device {device!r}: {not_listed(DEVICES[device])}")
+    missing = not_listed(DEVICES[device])
+    if missing:
+        raise ArtifactError(f"{path}: device {device!r}: {missing}")
     fp16 = device == "tensorrt" and _model(path, _session(path, ort.SessionOptions(), ["CPUExecutionProvider"])
                                            ).meta.precision.value == "fp16"
     options.log_severity_level = 2  # the warnings that say why a provider drops out, captured for the error

@@ -178,7 +178,8 @@ def test_device_resident_timing_binds_inputs_and_outputs_once(tmp_path):
     session = ort.InferenceSession(str(tiny_embedder(tmp_path / "tiny_embed.test.fp32.onnx")))
     name, shape = session.get_inputs()[0].name, session.get_inputs()[0].shape
     feed = {name: np.random.default_rng(0).random([2, *shape[1:]], dtype=np.float32)}
-    latencies = device_runs(session, feed, "cpu", 1, 4)
+    outputs = dict(zip((o.name for o in session.get_outputs()), session.run(None, feed)))
+    latencies = device_runs(session, feed, outputs, "cpu", 1, 4)
     assert len(latencies) == 4 and all(t > 0 for t in latencies)
 
 
