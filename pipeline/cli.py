@@ -1,5 +1,4 @@
-"""The `edgepipe` command: a thin shell over the stages. Every `EdgepipeError` becomes one line on stderr
-and exit code 2."""
+"""The `edgepipe` command: a thin shell over the stages. Every `EdgepipeError` is one line on stderr, exit 2."""
 
 from __future__ import annotations
 
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from edgepipe.cli_adopt import add_adopt_command, add_input_flags, has_contract, quantize_raw_command
 from edgepipe.cli_args import FACE_DETECTOR, artifact_dir, face_detector, images, ints, positive_int, score, shorten
+from edgepipe.cli_engine import add_engine_flags, engine_of
 from edgepipe.cli_faces import add_face_commands
 from edgepipe.cli_train import add_training_commands
 from edgepipe.errors import EdgepipeError
@@ -78,7 +78,8 @@ def _cmd_eval(args) -> int:
     if args.json:
         check_destination(args.json)
     report = evaluate(args.artifact, args.data, detector=face_detector(args, args.artifact),
-                      interpolation=args.interpolation, reference=args.reference, task=args.task)
+                      interpolation=args.interpolation, reference=args.reference, task=args.task,
+                      engine=engine_of(args))
     if args.json:
         atomic_write(args.json, report.to_json().encode())
     print(f"{report.task.value} of {report.model} ({report.precision}) on {args.data}: "
@@ -242,10 +243,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="override the artifact's resize interpolation (default: the artifact's own)")
     ev.add_argument("--reference", action="store_true",
                     help="evaluate the source PyTorch model instead, through the same pre/post-processing")
-    ev.add_argument("--task", choices=["identification"], help="identification: open-set identification on an "
-                    "LFW-layout folder (first photo of each person enrolled, the rest probes, every 5th person an "
-                    "impostor never enrolled): rank-1, and detection-and-identification and false-accept rates at "
-                    "the gallery's threshold, with their curve against the threshold in the JSON")
+    ev.add_argument("--task", choices=["identification"], help="identification: open-set on an LFW-layout folder "
+                    "(first photo of each person enrolled, the rest probes, every 5th person an impostor): rank-1, "
+                    "detection-and-identification and false-accept rates at the gallery's threshold, and their curve")
+    add_engine_flags(ev)
     ev.set_defaults(func=_cmd_eval)
 
     quant = sub.add_parser("quantize", help="fp16 / int8 / int8-dynamic copy of an fp32 artifact, with its accuracy "
@@ -391,8 +392,8 @@ def _terminated(signum, frame):
 
 
 # The optional packages, by the extra that installs them (pyproject.toml); the core install has none of them.
-_EXTRA_OF = {**dict.fromkeys(("torch", "onnx", "onnxscript", "safetensors", "pycocotools"), "torch"),
-             **dict.fromkeys(("streamlit", "pandas", "altair"), "demo"), "usearch": "gallery"}
+_EXTRA_OF = {**dict.fromkeys(("torch", "onnx", "onnxscript", "safetensors", "pycocotools"), "torch"), "usearch": "gallery",
+             **dict.fromkeys(("streamlit", "pandas", "altair"), "demo"), **dict.fromkeys(("ray", "pyarrow"), "ray")}
 
 
 if __name__ == "__main__":

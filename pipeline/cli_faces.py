@@ -19,6 +19,7 @@ from edgepipe.cli_args import (
     positive_int,
     score,
 )
+from edgepipe.cli_engine import add_engine_flags
 
 __all__ = ["add_face_commands"]
 
@@ -45,9 +46,18 @@ def _recognizer(args, gallery_must_exist: bool | None):
 
 
 def _cmd_faces_enroll(args) -> int:
+    from edgepipe.cli_engine import engine_of, enroll_folder
+    from edgepipe.errors import SpecError
     from edgepipe.runtime import FaceGallery, read_image
 
+    if (args.folder is None) == (args.name is None) or (args.name is None) != (not args.images):
+        raise SpecError("give a NAME and their IMAGES, or --folder DIR of DIR/Name/*.jpg (not both)")
     recognizer = _recognizer(args, gallery_must_exist=False)
+    if args.folder is not None:
+        return enroll_folder(args, recognizer)
+    engine_of(args)
+    if args.engine == "ray":
+        raise SpecError("--engine ray enrolls a --folder of people; NAME IMAGES run here")
     # Every image is read and embedded before the gallery changes; the change itself is a locked read-modify-write,
     # so enrollments running at the same time into one gallery all stay.
     embeddings = [recognizer.largest_face(read_image(path), source=str(path))[1] for path in args.images]
@@ -142,9 +152,17 @@ def _cmd_faces_bench_gallery(args) -> int:
 
 
 def _cmd_run(args) -> int:
+    from edgepipe.cli_engine import TABLE_SUFFIX, engine_of, run_tables
     from edgepipe.run import run_artifact
 
     detector = face_detector(args, args.artifact) if args.gallery else None
+    if args.engine == "ray" or Path(args.out).suffix == TABLE_SUFFIX:
+        return run_tables(args, detector)
+    engine_of(args)  # refuses Ray's flags without --engine ray
+    if args.embeddings:
+        from edgepipe.errors import SpecError
+
+        raise SpecError(f"--embeddings goes into tables: give --out a folder named *{TABLE_SUFFIX}")
     summary = run_artifact(args.artifact, args.input, args.out, score_thresh=args.score_thresh,
                            gallery=args.gallery, detector=detector)
     print(f"{summary.kind}: {summary.items} {'frames' if summary.kind == 'video' else 'image(s)'}, "
@@ -178,11 +196,16 @@ def add_face_commands(sub) -> None:
     run.add_argument("artifact", help="a detector (.onnx), or a face embedder with --gallery")
     run.add_argument("input", help="image, folder of images, or video (.mp4 .avi .mov .mkv .webm .m4v); a "
                      "folder's unreadable images are skipped, the rest written, and each named (exit 2)")
-    run.add_argument("--out", required=True, help="annotated image, folder, or .mp4 for a video")
+    run.add_argument("--out", required=True, help="annotated image, folder, or .mp4 for a video; or a folder named "
+                     "*.parquet for tables (one row per detection or face, images.parquet, errors.jsonl, "
+                     "summary.json; a folder or list-file input; what --engine ray writes)")
+    run.add_argument("--embeddings", action="store_true", help="with a gallery and *.parquet: add each face's "
+                     "embedding to its row")
     run.add_argument("--score-thresh", type=score, help="minimum score in [0, 1] (default: the artifact's)")
     run.add_argument("--gallery", type=Path, help="face gallery, to name people with a face embedder")
     run.add_argument("--detector", type=Path, help="face detector artifact used with --gallery (default: "
                      f"{FACE_DETECTOR} beside ARTIFACT, else in CACHE/artifacts)")
+    add_engine_flags(run)
     run.set_defaults(func=_cmd_run)
 
     faces = sub.add_parser("faces", help="enroll and identify people; time the face path against its peers")
@@ -192,8 +215,11 @@ def add_face_commands(sub) -> None:
         p = faces.add_parser(name, help=text)
         p.add_argument("gallery", help="gallery JSON file (created by enroll)")
         if name == "enroll":
-            p.add_argument("name", help="the person's name")
-            p.add_argument("images", nargs="+", help="photos of the person (the largest face in each is used)")
+            p.add_argument("name", nargs="?", help="the person's name")
+            p.add_argument("images", nargs="*", help="photos of the person (the largest face in each is used)")
+            p.add_argument("--folder", help="instead of NAME IMAGES: a folder of DIR/Name/*.jpg, every person "
+                           "enrolled under their folder's name (any image that fails leaves the gallery unchanged)")
+            add_engine_flags(p)
         else:
             p.add_argument("image", help="photo to identify faces in")
             p.add_argument("--out", help="write the annotated image here (.jpg or .png)")

@@ -11,16 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from edgepipe.engine import Engine, map_images
 from edgepipe.errors import InputError, SpecError
+from edgepipe.image_tasks import FALLBACK_NOTE, ImageTask, TaskSpec
 from edgepipe.metrics.coco import coco_map, read_coco
 from edgepipe.metrics.widerface import read_widerface_gt, widerface_ap
 from edgepipe.runtime import FaceDetector, FaceEmbedder, ObjectDetector, load
 from edgepipe.runtime.atomic import read_text
-from edgepipe.runtime.faces import nearest_face
 from edgepipe.runtime.postprocess import embedding_distance
-from edgepipe.runtime.preprocess import read_image
 from edgepipe.runtime.specs import Task
 
 __all__ = ["evaluate", "evaluate_model", "EvalReport"]
@@ -67,7 +66,7 @@ def detect_layout(data_dir: Path) -> str:
 
 def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path | None = None,
              interpolation: str | None = None, reference: bool = False, progress: bool = True,
-             task: str | None = None) -> EvalReport:
+             task: str | None = None, engine: Engine = Engine()) -> EvalReport:
     """Evaluate an artifact on a data folder whose layout matches its task.
 
     Args:
@@ -81,6 +80,8 @@ def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path
         progress: show a progress bar on stderr.
         task: "identification" scores open-set identification on an LFW-layout folder (`edgepipe.identification`)
             instead of the task its layout implies.
+        engine: where the images are run (`edgepipe.engine`): local (default) or on Ray; the same records either
+            way, scored by the same code here.
 
     Returns:
         The report.
@@ -89,8 +90,11 @@ def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path
         InputError: the folder is malformed. SpecError: the artifact's task does not fit the data.
         ArtifactError: an artifact does not load.
     """
+    if engine.kind != "local" and (reference or interpolation is not None):
+        raise SpecError("--reference and --interpolation change the model in this process: run them with "
+                        "--engine local")
     if task == "identification":
-        return _identification(artifact, Path(data_dir), detector, progress)
+        return _identification(artifact, Path(data_dir), detector, progress, engine)
     detect_layout(Path(data_dir))  # a bad folder fails before the model loads
     model = load(artifact)
     if reference:
@@ -98,10 +102,10 @@ def evaluate(artifact: str | Path, data_dir: str | Path, *, detector: str | Path
     if interpolation is not None:
         model = dataclasses.replace(model, meta=dataclasses.replace(
             model.meta, input=dataclasses.replace(model.meta.input, interpolation=interpolation)))
-    return evaluate_model(model, data_dir, detector=detector, progress=progress)
+    return evaluate_model(model, data_dir, detector=detector, progress=progress, engine=engine)
 
 
-def _identification(artifact, data_dir: Path, detector, progress: bool) -> EvalReport:
+def _identification(artifact, data_dir: Path, detector, progress: bool, engine: Engine) -> EvalReport:
     from edgepipe.identification import identification
 
     model = load(artifact)
@@ -109,17 +113,56 @@ def _identification(artifact, data_dir: Path, detector, progress: bool) -> EvalR
         raise SpecError(f"{artifact}: identification needs a face embedder, not a {model.meta.task.value} model")
     if detector is None:
         raise SpecError("identification needs a face detector to align faces: pass --detector")
-    return identification(FaceEmbedder(model), FaceDetector.from_path(detector), data_dir, progress=progress,
-                          precision=_precision(model))
+    faces = _Images(model, detector, engine, progress)
+    return identification(faces, data_dir, precision=_precision(model))
+
+
+class _Images:
+    """Runs one kind of image task over paths on the engine: locally on the models open here, on Ray from their
+    paths; `records(kind, paths, **options) -> {path: record}`."""
+
+    def __init__(self, model, detector: str | Path | None, engine: Engine, progress: bool):
+        self.model, self.detector, self.engine, self.progress = model, detector, engine, progress
+        self.detector_model = None
+
+    def records(self, kind: str, paths: list[Path], *, score_thresh: float | None = None,
+                classes: tuple[str, ...] | None = None) -> dict[str, dict]:
+        embedder = kind in ("centre_face", "largest_face")
+        if self.engine.kind == "local":
+            if embedder:
+                if self.detector_model is None:
+                    self.detector_model = FaceDetector.from_path(self.detector)
+                task = ImageTask(kind, detector=self.detector_model, embedder=FaceEmbedder(self.model),
+                                 score_thresh=score_thresh)
+            else:
+                detector = ObjectDetector(self.model) if self.model.meta.head.task == Task.DETECTION \
+                    else FaceDetector(self.model)
+                task = ImageTask(kind, detector=detector, score_thresh=score_thresh, classes=classes)
+        else:
+            task = TaskSpec(kind, str(self.model.path), detector=str(self.detector) if embedder else None,
+                            score_thresh=score_thresh, classes=classes)
+        return {rec["image"]: rec for rec in map_images(task, paths, self.engine, progress=self.progress)}
+
+    @property
+    def embedder_head(self):
+        return self.model.meta.head
+
+    @property
+    def detector_name(self) -> str:
+        from edgepipe.runtime import load as load_artifact
+
+        return load_artifact(self.detector).meta.model_name
 
 
 def evaluate_model(model, data_dir: str | Path, *, detector: str | Path | None = None,
-                   progress: bool = True) -> EvalReport:
+                   progress: bool = True, engine: Engine = Engine()) -> EvalReport:
     """`evaluate` for an already-open model: anything with the runtime `Model` interface (`path`, `meta`,
-    `run(batch)`), such as an onnxruntime session, the PyTorch reference or an independent reference runner."""
+    `run(batch)`), such as an onnxruntime session, the PyTorch reference or an independent reference runner.
+    With a Ray `engine` each actor opens `model.path` itself."""
     data_dir = Path(data_dir)
     layout = detect_layout(data_dir)
     artifact = model.path
+    images = _Images(model, detector, engine, progress)
     if layout == "lfw":
         if model.meta.head.task != Task.FACE_EMBEDDING:
             raise SpecError(f"{artifact}: a {model.meta.task.value} model cannot be evaluated on LFW pairs; "
@@ -127,16 +170,16 @@ def evaluate_model(model, data_dir: str | Path, *, detector: str | Path | None =
         if detector is None:
             raise SpecError("face verification needs a face detector to align faces: pass --detector (none was found "
                             "beside the embedder or in CACHE/artifacts)")
-        return _face_verification(FaceEmbedder(model), FaceDetector.from_path(detector), data_dir, progress)
+        return _face_verification(images, data_dir)
     if layout == "coco":
         if model.meta.head.task != Task.DETECTION:
             raise SpecError(f"{artifact}: a {model.meta.task.value} model cannot be scored on COCO boxes; "
                             "pass an object detector")
-        return _coco_detection(ObjectDetector(model), data_dir, progress)
+        return _coco_detection(images, data_dir)
     if model.meta.head.task == Task.FACE_DETECTION:
-        return _face_detection(FaceDetector(model), data_dir, progress)
+        return _face_detection(images, data_dir, "faces")
     if model.meta.head.task == Task.DETECTION and "face" in model.meta.labels:
-        return _face_detection(ObjectDetector(model), data_dir, progress)
+        return _face_detection(images, data_dir, "detect")
     raise SpecError(f"{artifact}: WIDER FACE needs a face detector (or a box detector with a 'face' label); "
                     f"this is {model.meta.model_name} with labels {list(model.meta.labels)[:5]}")
 
@@ -158,33 +201,30 @@ def _torch_reference(model):
     return TorchModel(model.path, meta, build(meta.model_name))
 
 
-def _boxes_scores(detector, image) -> tuple[np.ndarray, np.ndarray]:
-    """Face boxes (M, 4) and scores (M,) from a face detector or a box detector's 'face' class."""
-    if isinstance(detector, FaceDetector):
-        found = detector.detect(image, score_thresh=EVAL_SCORE_FLOOR)
-    else:
-        found = detector.detect(image, score_thresh=EVAL_SCORE_FLOOR, classes={"face"})
-    boxes = np.array([f.box_xyxy for f in found], np.float32).reshape(-1, 4)
-    return boxes, np.array([f.score for f in found], np.float32)
-
-
-def _face_detection(detector, data_dir: Path, progress: bool) -> EvalReport:
+def _face_detection(images: _Images, data_dir: Path, kind: str) -> EvalReport:
     gt = read_widerface_gt(data_dir)
+    found = images.records(kind, [entry.path for entry in gt], score_thresh=EVAL_SCORE_FLOOR,
+                           classes=("face",) if kind == "detect" else None)
     detections = {}
-    for entry in tqdm(gt, desc="detecting faces", unit="img", disable=None if progress else True):
-        detections[entry.path] = _boxes_scores(detector, read_image(entry.path))
+    for entry in gt:
+        rec = found[str(entry.path)]
+        if rec["error"]:
+            raise InputError(rec["error"])
+        detections[entry.path] = (np.array(rec["boxes"], np.float32).reshape(-1, 4),
+                                  np.array(rec["scores"], np.float32))
     figures = widerface_ap(detections, gt)
     metrics = {"ap_50": figures.pop("ap_50"), "recall": figures.pop("recall")}
-    meta = detector.model.meta
+    meta = images.model.meta
     details = {**figures, "score_floor": EVAL_SCORE_FLOOR, "protocol": "VOC all-point AP at IoU 0.5 over faces with "
                "invalid == 0; detections matching invalid faces ignored"}
     details["interpolation"] = meta.input.interpolation
-    return EvalReport(Task.FACE_DETECTION, metrics, str(data_dir), meta.model_name, _precision(detector.model),
+    return EvalReport(Task.FACE_DETECTION, metrics, str(data_dir), meta.model_name, _precision(images.model),
                       n_images=len(gt), details=details)
 
 
-def _coco_detection(detector: ObjectDetector, data_dir: Path, progress: bool) -> EvalReport:
+def _coco_detection(images: _Images, data_dir: Path) -> EvalReport:
     coco = read_coco(data_dir)
+    detector = ObjectDetector(images.model)
     category_of = {name: cid for cid, name in coco.categories.items()}  # our labels -> the data set's ids
     unmatched = sorted(set(detector.labels) - set(category_of))
     if len(unmatched) == len(set(detector.labels)):
@@ -192,13 +232,16 @@ def _coco_detection(detector: ObjectDetector, data_dir: Path, progress: bool) ->
                          f"{', ...' if len(category_of) > 5 else ''}) is a label of {detector.model.meta.model_name} "
                          f"({', '.join(detector.labels[:5])}{', ...' if len(detector.labels) > 5 else ''}): "
                          "nothing could be scored")
+    found = images.records("detect", [path for _, path, _, _ in coco.images], score_thresh=EVAL_SCORE_FLOOR)
     detections = []
-    for image_id, path, _, _ in tqdm(coco.images, desc="detecting", unit="img", disable=None if progress else True):
-        for det in detector.detect(read_image(path), score_thresh=EVAL_SCORE_FLOOR):
-            if det.label in category_of:
-                x1, y1, x2, y2 = (float(v) for v in det.box_xyxy)
-                detections.append({"image_id": image_id, "category_id": category_of[det.label],
-                                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": det.score})
+    for image_id, path, _, _ in coco.images:
+        rec = found[str(path)]
+        if rec["error"]:
+            raise InputError(rec["error"])
+        for (x1, y1, x2, y2), score, label in zip(rec["boxes"], rec["scores"], rec["labels"]):
+            if label in category_of:
+                detections.append({"image_id": image_id, "category_id": category_of[label],
+                                   "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     figures = coco_map(coco, detections)
     metrics = {k: figures[k] for k in ("map_50_95", "map_50", "map_small", "map_medium", "map_large")}
     meta = detector.model.meta
@@ -242,23 +285,20 @@ def read_lfw_pairs(data_dir: Path) -> tuple[int, list[tuple[Path, Path, bool]]]:
     return n_folds, pairs
 
 
-def _face_verification(embedder: FaceEmbedder, detector: FaceDetector, data_dir: Path, progress: bool) -> EvalReport:
+def _face_verification(images: _Images, data_dir: Path) -> EvalReport:
     n_folds, pairs = read_lfw_pairs(data_dir)
-    images = sorted({p for pair in pairs for p in pair[:2]})
+    # LFW photos are centred on the face they are about; a photo with no confident face keeps its pairs in the
+    # protocol through the lowest-threshold detection, and is counted
+    found = images.records("centre_face", sorted({p for pair in pairs for p in pair[:2]}))
     embeddings, no_face = {}, []
-    for path in tqdm(images, desc="embedding", unit="img", disable=None if progress else True):
-        image = read_image(path)
-        centre = np.array([image.shape[1], image.shape[0]]) / 2  # LFW photos are centred on the face they are about
-        face = nearest_face(detector.detect(image), centre)
-        if face is None:
-            # Keep the pair in the protocol: fall back to the lowest-threshold detection, then count it.
-            face = nearest_face(detector.detect(image, score_thresh=0.05), centre)
-            no_face.append(path.name)
-        if face is None:
-            raise InputError(f"no face found in {path}")
-        face = detector.refine(image, face)
-        embeddings[path] = embedder.embed(image, [face])[0]
-    distances = np.array([embedding_distance(embeddings[a], embeddings[b], embedder.head.metric)[0, 0]
+    for path, rec in sorted(found.items()):
+        if rec["error"]:
+            raise InputError(rec["error"])
+        if rec["note"] == FALLBACK_NOTE:
+            no_face.append(Path(path).name)
+        embeddings[path] = np.array(rec["embeddings"][0], np.float32)
+    head = images.embedder_head
+    distances = np.array([embedding_distance(embeddings[str(a)], embeddings[str(b)], head.metric)[0, 0]
                           for a, b, _ in pairs])
     same = np.array([s for _, _, s in pairs])
     folds = np.arange(len(pairs)) * n_folds // len(pairs)  # pairs are stored fold by fold
@@ -266,12 +306,11 @@ def _face_verification(embedder: FaceEmbedder, detector: FaceDetector, data_dir:
     metrics = {"accuracy": float(np.mean(accuracies)), "accuracy_std": float(np.std(accuracies)),
                "threshold": float(np.mean(thresholds))}
     details = {"fold_accuracy": [float(a) for a in accuracies], "fold_threshold": [float(t) for t in thresholds],
-               "images_without_confident_face": no_face, "detector": detector.model.meta.model_name,
-               "metric": embedder.head.metric,
-               "accuracy_at_model_threshold": float(((distances <= embedder.head.match_thresh) == same).mean()),
-               "model_threshold": embedder.head.match_thresh}
-    return EvalReport(Task.FACE_EMBEDDING, metrics, str(data_dir), embedder.model.meta.model_name,
-                      _precision(embedder.model), n_pairs=len(pairs), details=details)
+               "images_without_confident_face": no_face, "detector": images.detector_name,
+               "metric": head.metric, "accuracy_at_model_threshold": float(((distances <= head.match_thresh) == same).mean()),
+               "model_threshold": head.match_thresh}
+    return EvalReport(Task.FACE_EMBEDDING, metrics, str(data_dir), images.model.meta.model_name,
+                      _precision(images.model), n_pairs=len(pairs), details=details)
 
 
 def _kfold_accuracy(distances: np.ndarray, same: np.ndarray, folds: np.ndarray):

@@ -3,7 +3,8 @@
 Protocol: people are taken in name order; every `impostor_every`-th one is never enrolled (an impostor: their
 photos must come out "unknown"); each other person's first photo is enrolled into a `FaceGallery` (the product's own
 search), the rest of their photos are genuine probes. Each photo's face is the detection nearest its centre (LFW
-photos are centred on the face they are about), aligned and embedded as `eval`'s verification does.
+photos are centred on the face they are about), aligned and embedded as `eval`'s verification does (the same
+image task, `centre_face`, on the same engine).
 
 Figures: rank-1 accuracy (a genuine probe's nearest enrolled person is theirs, whatever the distance), and at a
 threshold t: the detection-and-identification rate DIR(t) (genuine probes whose nearest person is theirs at distance
@@ -16,10 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, InputError, read_image
-from edgepipe.runtime.faces import nearest_face
+from edgepipe.runtime import FaceGallery, InputError
 from edgepipe.runtime.specs import Task
 
 __all__ = ["identification"]
@@ -27,9 +26,9 @@ __all__ = ["identification"]
 CURVE_POINTS = 41
 
 
-def identification(embedder: FaceEmbedder, detector: FaceDetector, data_dir: Path, *, impostor_every: int = 5,
-                   progress: bool = True, precision: str = "fp32"):
-    """Score open-set identification on `data_dir/images/<Name>/*.jpg` (see the module's protocol).
+def identification(faces, data_dir: Path, *, impostor_every: int = 5, precision: str = "fp32"):
+    """Score open-set identification on `data_dir/images/<Name>/*.jpg` (see the module's protocol); `faces` runs
+    the images (`evaluate`'s engine-backed runner: `faces.records("centre_face", paths)`).
 
     Returns:
         An `EvalReport` (task face_embedding) with metrics rank1, dir and far at the embedder's threshold, and the
@@ -51,13 +50,12 @@ def identification(embedder: FaceEmbedder, detector: FaceDetector, data_dir: Pat
                          f"people, {len(enrolled)} enrollable, {len(impostors)} impostors")
     wanted = [(name, path) for name in [*enrolled, *impostors] for path in photos[name]]
     vectors = {}
-    for name, path in tqdm(wanted, desc="embedding", unit="img", disable=None if progress else True):
-        image = read_image(path)
-        face = nearest_face(detector.detect(image), np.array([image.shape[1], image.shape[0]]) / 2)
-        if face is None:
-            raise InputError(f"no face found in {path}")
-        vectors[path] = embedder.embed(image, [detector.refine(image, face)])[0]
-    gallery = FaceGallery.for_embedder(embedder)
+    for path, rec in faces.records("centre_face", [path for _, path in wanted]).items():
+        if rec["error"]:
+            raise InputError(rec["error"])
+        vectors[Path(path)] = np.array(rec["embeddings"][0], np.float32)
+    head = faces.embedder_head
+    gallery = FaceGallery(faces.model.meta.model_name, head.metric, head.match_thresh)
     gallery.enroll_many(enrolled, [vectors[photos[name][0]] for name in enrolled])
     genuine = [(name, vectors[p]) for name in enrolled for p in photos[name][1:]]
     impostor = [vectors[p] for name in impostors for p in photos[name]]
@@ -75,7 +73,7 @@ def identification(embedder: FaceEmbedder, detector: FaceDetector, data_dir: Pat
                "far": float(np.mean(impostor_distances <= threshold)), "threshold": threshold}
     details = {"protocol": f"first photo enrolled, the rest probes; every {impostor_every}th person an impostor",
                "enrolled": len(enrolled), "impostors": impostors, "genuine_probes": len(genuine),
-               "impostor_probes": len(impostor), "metric": embedder.head.metric,
-               "detector": detector.model.meta.model_name, "curve": curve}
-    return EvalReport(Task.FACE_EMBEDDING, metrics, str(data_dir), embedder.model.meta.model_name, precision,
+               "impostor_probes": len(impostor), "metric": head.metric, "detector": faces.detector_name,
+               "curve": curve}
+    return EvalReport(Task.FACE_EMBEDDING, metrics, str(data_dir), faces.model.meta.model_name, precision,
                       n_images=len(wanted), details=details)

@@ -6,6 +6,7 @@
   into that folder removes the partials of processes that are gone (killed with -9, power cut).
 - `scratch_dir(kind)` is a working folder in the system temp dir, `edgepipe-<kind>-<pid>-<random>`, removed on
   exit; stale ones of dead processes are removed when the next one is made.
+- `partial_dir(path)` / `publish_dir(tmp, path)` do the same for a folder of outputs (a batch job's tables).
 - `check_destination(path)` refuses, before any work, a place an output cannot be written.
 - `read_text(path)` / `read_json(path)` read a text or JSON file or say in one line why they cannot.
 - `locked(path)` holds an exclusive lock on `path` for a read-modify-write across processes.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from edgepipe.runtime.errors import InputError
 
-__all__ = ["atomic_write", "partial_file", "publish", "scratch_dir", "check_destination", "read_text", "read_json",
+__all__ = ["atomic_write", "partial_file", "publish", "partial_dir", "publish_dir", "scratch_dir", "check_destination", "read_text", "read_json",
            "locked"]
 
 _PARTIAL = ".partial-"
@@ -102,6 +103,40 @@ def publish(tmp: str | Path, path: str | Path) -> Path:
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
     return Path(path)
+
+
+def partial_dir(path: str | Path) -> Path:
+    """Create an empty partial sibling folder of `path` to fill, then `publish_dir` it; first remove the partials
+    of `path` left by processes that are gone.
+
+    Raises:
+        InputError: the parent folder cannot be created or written.
+    """
+    path = Path(path)
+    prefix = f"{path.name}{_PARTIAL}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale(path.parent, prefix)
+        return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=path.parent))
+    except OSError as e:
+        raise InputError(f"{path.parent}: cannot write there ({e.strerror or e})") from e
+
+
+def publish_dir(tmp: str | Path, path: str | Path) -> Path:
+    """Put the finished folder `tmp` at `path`; a folder already there is replaced whole (moved aside to a
+    partial sibling, which a later run removes if this one dies before it does)."""
+    tmp, path = Path(tmp), Path(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{path.name}{_PARTIAL}{os.getpid()}-", dir=path.parent))
+        os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+    return path
 
 
 def check_destination(path: str | Path, *, folder: bool = False) -> Path:

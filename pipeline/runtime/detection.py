@@ -11,11 +11,11 @@ import numpy as np
 
 from edgepipe.runtime.enums import Task
 from edgepipe.runtime.errors import ArtifactError
-from edgepipe.runtime.preprocess import prepare
-from edgepipe.runtime.results import Detection
+from edgepipe.runtime.preprocess import as_rgb, prepare, resize_to_input, to_input
+from edgepipe.runtime.results import Detection, InputMapping
 from edgepipe.runtime.session import Model, load
 
-__all__ = ["ObjectDetector", "Detection"]
+__all__ = ["ObjectDetector", "Detection", "decode_many"]
 
 
 class ObjectDetector:
@@ -44,3 +44,26 @@ class ObjectDetector:
         batch, scale_xy = prepare(image_rgb, meta.input)  # prepare takes what as_rgb takes
         found = meta.head.decode(self.model.run(batch), meta, scale_xy, image_rgb.shape[:2], score_thresh)
         return [d for d in found if classes is None or d.label in classes]
+
+    def detect_many(self, images_rgb: list[np.ndarray], score_thresh: float | None = None,
+                    classes: set[str] | None = None) -> list[list[Detection]]:
+        """`detect` for several images, in one run per input shape (one for a fixed-size input): what a batch
+        job feeds the artifact's dynamic batch axis."""
+        found = decode_many(self.model, images_rgb, score_thresh)
+        return [[d for d in each if classes is None or d.label in classes] for each in found]
+
+
+def decode_many(model: Model, images_rgb: list[np.ndarray], score_thresh: float | None = None) -> list:
+    """Each image's decoded results (`meta.head.decode`), the images resized and stacked so that those sharing an
+    input shape run as one batch; same results as one `prepare` + run + decode per image."""
+    meta = model.meta
+    prepared: list[tuple[np.ndarray, InputMapping]] = [resize_to_input(as_rgb(im), meta.input) for im in images_rgb]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (resized, _) in enumerate(prepared):
+        groups.setdefault(resized.shape, []).append(i)
+    results: list = [None] * len(images_rgb)
+    for members in groups.values():
+        outputs = model.run(to_input([prepared[i][0] for i in members], meta.input))
+        for index, i in enumerate(members):
+            results[i] = meta.head.decode(outputs, meta, prepared[i][1], images_rgb[i].shape[:2], score_thresh, index)
+    return results

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgepipe.runtime.detection import decode_many
 from edgepipe.runtime.enums import Task
 from edgepipe.runtime.errors import ArtifactError, InputError
 from edgepipe.runtime.gallery import FaceGallery, Match
@@ -86,6 +87,10 @@ class FaceDetector:
         meta = self.model.meta
         batch, scale_xy = prepare(image_rgb, meta.input)  # prepare takes what as_rgb takes
         return meta.head.decode(self.model.run(batch), meta, scale_xy, image_rgb.shape[:2], score_thresh)
+
+    def detect_many(self, images_rgb: list[np.ndarray], score_thresh: float | None = None) -> list[list[Face]]:
+        """`detect` for several images, in one run per input shape (a fixed-size input: one run)."""
+        return decode_many(self.model, images_rgb, score_thresh)
 
     def refine(self, image_rgb: np.ndarray, face: Face) -> Face:
         """The same face with keypoints re-detected in a crop `refine_crop_scale` box widths wide around it.

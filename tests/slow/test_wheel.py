@@ -82,8 +82,9 @@ def test_core_install_runs_help_the_runtime_snippet_and_run(venv, outside, artif
     _run(venv / "python", "-c", torch_free, cwd=outside)
 
 
-@pytest.mark.parametrize("command, extra", [(("zoo", "list"), "torch"), (("export", "nanodet_g.coco", "--out", "x"),
-                                                                         "torch"), (("demo",), "demo")])
+@pytest.mark.parametrize("command, extra", [
+    (("zoo", "list"), "torch"), (("export", "nanodet_g.coco", "--out", "x"), "torch"), (("demo",), "demo"),
+    (("run", "a.onnx", "photos", "--out", "x.parquet", "--engine", "ray"), "ray")])
 def test_core_install_names_the_missing_extra_in_one_line(venv, outside, command, extra):
     result = _run(venv / "edgepipe", *command, cwd=outside, expect=2)
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
