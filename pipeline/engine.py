@@ -76,10 +76,12 @@ def image_paths(source: str | Path) -> list[Path]:
 
 def ray_missing() -> str | None:
     """None when Ray Data imports, else the one-line reason."""
-    try:
-        import ray.data  # noqa: F401
-    except ImportError as e:
-        return f"--engine ray needs the 'ray' extra (pip install 'edgepipe[ray]'): {e}"
+    import importlib.util
+
+    # found, not imported: Ray reads its settings from the environment on import (see `_map_on_ray`)
+    missing = [name for name in ("ray", "pyarrow") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"--engine ray needs the 'ray' extra ({', '.join(missing)} not installed): pip install 'edgepipe[ray]'"
     return None
 
 
@@ -132,7 +134,33 @@ def record_schema():
                       ("embeddings", pa.list_(floats)), ("note", pa.string())])
 
 
+def _connect(address: str, options: dict) -> None:
+    """Join the Ray cluster at `address` (`_map_on_ray` has put Ray in token mode first when a token is here: a
+    cluster `ray start` began (Ray 2.60) asks for the token it wrote to ~/.ray/auth_token, which a driver sends only
+    in that mode)."""
+    import socket
+
+    import ray
+
+    host, _, port = address.rpartition(":")
+    try:  # Ray itself waits minutes for a head that is not there
+        socket.create_connection((host or address, int(port or 6379)), timeout=10).close()
+    except (OSError, ValueError) as e:
+        raise InputError(f"--ray-address {address}: nothing answers there ({e}); expected HOST:PORT of a running "
+                         "`ray start --head`") from e
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"--ray-address {address}: cannot join that Ray cluster ({reason}); is `ray start --head` "
+                         "running there, and is its ~/.ray/auth_token here?") from e
+
+
 def _map_on_ray(spec: TaskSpec, paths: list[str], engine: Engine, progress: bool) -> Iterator[dict]:
+    token = os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
+                                                     ).expanduser().is_file()
+    if engine.address and token and "RAY_AUTH_MODE" not in os.environ:  # read when ray is first imported
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
     import ray.data
 
@@ -148,7 +176,7 @@ def _map_on_ray(spec: TaskSpec, paths: list[str], engine: Engine, progress: bool
             logging.getLogger(name).setLevel(logging.ERROR)
         options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
         if engine.address:
-            ray.init(address=engine.address, **options)
+            _connect(engine.address, options)
         else:
             ray.init(address="local", num_cpus=os.cpu_count(), **options)  # a Ray of its own, never a stranger's
     try:
