@@ -64,3 +64,30 @@ def artifacts(main_job, newcomer_cache) -> dict[str, Path]:
     if main_job.returncode != 0:
         pytest.fail(f"`edgepipe build` exited {main_job.returncode}:\n{main_job.stderr[-3000:]}")
     return {name: newcomer_cache / "artifacts" / f"{name}.fp32.onnx" for name in list_models()}
+
+
+@pytest.fixture(scope="session")
+def built_with_data(artifacts, shared_data, cache_dir, tmp_path_factory):
+    """`edgepipe build --no-bench --data` on LFW, COCO and WIDER FACE over a copy of the session's artifacts (one
+    of them made stale first: its JSON no longer describes its file): (folder, exit code, stdout, the artifacts'
+    mtimes before). Its evaluations are the local engine's figures the Ray engine's are compared with."""
+    import contextlib
+    import io
+    import json
+    import shutil
+
+    from edgepipe.cli import main
+
+    folder = tmp_path_factory.mktemp("built")
+    for onnx_path in artifacts.values():
+        for path in (onnx_path, onnx_path.with_suffix(".json")):
+            shutil.copy(path, folder / path.name)
+    stale = folder / "blazeface_front.mediapipe.fp32.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "sha256": "0" * 64}))
+    exported = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.onnx")}
+    data = [str(shared_data / name) for name in ("lfw_10ids", "coco_val_mini", "widerface_val_100")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # --no-bench: README's first command covers the benchmark and report
+        code = main(["--cache-dir", str(cache_dir), "build", "--out", str(folder), "--no-bench",
+                     *sum((["--data", d] for d in data), [])])
+    return folder, code, out.getvalue(), exported

@@ -7,24 +7,16 @@ import pytest
 
 from edgepipe.cli import main
 from edgepipe.models import list_models
+from edgepipe.runtime import load
+from edgepipe.runtime.specs import Precision
 
 pytestmark = pytest.mark.slow
 
 
-def test_build_evaluates_and_summarises_every_model(artifacts, shared_data, cache_dir, tmp_path, capsys):
+def test_build_evaluates_and_summarises_every_model(built_with_data):
     """Over artifacts an earlier export left in --out (the session's): kept, since they are up to date (README's
     first command exports from scratch in test_readme_commands), then evaluated on every kind of folder."""
-    for onnx_path in artifacts.values():
-        for path in (onnx_path, onnx_path.with_suffix(".json")):
-            shutil.copy(path, tmp_path / path.name)
-    stale = tmp_path / "blazeface_front.mediapipe.fp32.json"  # its JSON no longer describes its file: exported again
-    stale.write_text(json.dumps({**json.loads(stale.read_text()), "sha256": "0" * 64}))
-    exported = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.onnx")}
-    data = [str(shared_data / name) for name in ("lfw_10ids", "coco_val_mini", "widerface_val_100")]
-    # --no-bench: README's first command (test_readme_commands) covers the benchmark and report; this one the data
-    code = main(["--cache-dir", str(cache_dir), "build", "--out", str(tmp_path), "--no-bench",
-                 *sum((["--data", d] for d in data), [])])
-    out = capsys.readouterr().out
+    tmp_path, code, out, exported = built_with_data
     assert code == 0, out
     for name in list_models():
         assert name in out
@@ -54,7 +46,9 @@ def test_build_with_calib_adds_int8_within_the_budget(artifacts, shared_data, ca
                  "--data", str(shared_data / "coco_val_mini"), "--calib", str(shared_data / "coco_calib")])
     out = capsys.readouterr().out
     assert code == 0, out
-    figures = json.loads((tmp_path / "nanodet_g.coco.int8.json").read_text())
+    figures = json.loads((tmp_path / "nanodet_g.coco.int8.json").read_text())  # the family default: percentile
     assert (tmp_path / "nanodet_g.coco.int8.onnx").is_file() and figures["accuracy"]["within_budget"]
     assert figures["accuracy"]["drop_points"] <= 1.0 and figures["speed"]["speedup"] > 0
+    assert load(tmp_path / "nanodet_g.coco.int8.onnx").meta.precision == Precision.INT8
+    assert figures["size_vs_fp32"] < 0.3
     assert "int8" in out and "drop" in out
