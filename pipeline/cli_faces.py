@@ -164,7 +164,7 @@ def _cmd_run(args) -> int:
 
         raise SpecError(f"--embeddings goes into tables: give --out a folder named *{TABLE_SUFFIX}")
     summary = run_artifact(args.artifact, args.input, args.out, score_thresh=args.score_thresh,
-                           gallery=args.gallery, detector=detector)
+                           gallery=args.gallery, detector=detector, jsonl=args.jsonl)
     print(f"{summary.kind}: {summary.items} {'frames' if summary.kind == 'video' else 'image(s)'}, "
           f"{summary.detections} detections, {summary.fps:.1f} per second; wrote {summary.out}")
     return 0
@@ -199,6 +199,8 @@ def add_face_commands(sub) -> None:
     run.add_argument("--out", required=True, help="annotated image, folder, or .mp4 for a video; or a folder named "
                      "*.parquet for tables (one row per detection or face, images.parquet, errors.jsonl, "
                      "summary.json; a folder or list-file input; what --engine ray writes)")
+    run.add_argument("--jsonl", type=Path, help="a video's results, one line per tracked box or face: frame, time, "
+                     "track, box, score, label (and name, with --gallery)")
     run.add_argument("--embeddings", action="store_true", help="with a gallery and *.parquet: add each face's "
                      "embedding to its row")
     run.add_argument("--score-thresh", type=score, help="minimum score in [0, 1] (default: the artifact's)")

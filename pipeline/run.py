@@ -17,7 +17,7 @@ from edgepipe.runtime.atomic import atomic_write, check_destination
 from edgepipe.runtime.draw import check_image_path, draw_detections, draw_faces, draw_identities, encode_image
 from edgepipe.runtime.preprocess import IMAGE_SUFFIXES, read_image
 from edgepipe.runtime.specs import Task
-from edgepipe.runtime.video import VIDEO_SUFFIXES, VideoOut, open_video, read_frames
+from edgepipe.runtime.video import VIDEO_SUFFIXES
 
 __all__ = ["run_artifact", "RunSummary"]
 
@@ -74,8 +74,9 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
 
 def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | Path, *,
                  score_thresh: float | None = None, gallery: Path | None = None, detector: Path | None = None,
-                 progress: bool = True) -> RunSummary:
-    """Annotate an image (-> image), a folder of images (-> folder) or a video (-> mp4).
+                 jsonl: Path | None = None, progress: bool = True) -> RunSummary:
+    """Annotate an image (-> image), a folder of images (-> folder) or a video (-> H.264 mp4, boxes tracked, faces
+    named by track; `jsonl` gets each frame's results, see `edgepipe.run_video`).
 
     A folder's unreadable images are skipped: the others are written, then InputError names every one skipped.
 
@@ -88,6 +89,16 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
     if not input_path.exists():
         raise InputError(f"{input_path}: no such file or folder")
     _check_out(input_path, out_path)  # before any work: a bad destination must not cost a whole video
+    video = input_path.is_file() and input_path.suffix.lower() in VIDEO_SUFFIXES
+    if jsonl is not None:
+        if not video:
+            raise InputError(f"{input_path}: --jsonl records a video's frames; this is not a video file")
+        check_destination(jsonl)
+    if video:
+        from edgepipe.run_video import run_video
+
+        return run_video(_video_step(Path(artifact), score_thresh, gallery, detector), input_path, out_path, jsonl,
+                         progress)
     annotate = _annotator(Path(artifact), score_thresh, gallery, detector)
     started = time.perf_counter()
     if input_path.is_dir():
@@ -108,11 +119,28 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
             raise InputError(f"{len(unreadable)} of {len(images)} images could not be read (the other "
                              f"{len(images) - len(unreadable)} are in {out_path}): {'; '.join(unreadable)}")
         return RunSummary("folder", len(images), total, time.perf_counter() - started, out_path)
-    if input_path.suffix.lower() in VIDEO_SUFFIXES:
-        return _run_video(annotate, input_path, out_path, progress, started)
     annotated, n = annotate(read_image(input_path))
     atomic_write(out_path, encode_image(annotated, out_path.suffix.lower() or ".jpg"))
     return RunSummary("image", 1, n, time.perf_counter() - started, out_path)
+
+
+def _video_step(artifact: Path, score_thresh, gallery: Path | None, detector: Path | None):
+    from edgepipe.run_video import video_step
+
+    model = load(artifact)
+    if model.meta.head.task == Task.DETECTION:
+        return video_step(ObjectDetector(model), score_thresh)
+    if model.meta.head.task == Task.FACE_DETECTION:
+        return video_step(FaceDetector(model), score_thresh)
+    if model.meta.head.task == Task.FACE_EMBEDDING:
+        if gallery is None or detector is None:
+            raise SpecError(f"{artifact} is a face embedder: pass --gallery and --detector to identify people")
+        from edgepipe.cli_faces import enable_gallery_index
+
+        enable_gallery_index()
+        found = FaceRecognizer(FaceDetector.from_path(detector), FaceEmbedder(model), FaceGallery.load(gallery))
+        return video_step(found.detector, score_thresh, found.embedder, found.gallery)  # checked: one embedder
+    raise SpecError(f"{artifact}: no runner for a {model.meta.head.kind!r} head")
 
 
 def _check_out(input_path: Path, out_path: Path) -> None:
@@ -127,17 +155,3 @@ def _check_out(input_path: Path, out_path: Path) -> None:
         check_destination(out_path)
 
 
-def _run_video(annotate, input_path: Path, out_path: Path, progress: bool, started: float) -> RunSummary:
-    capture, fps, frames = open_video(input_path)
-    width, height = int(capture.get(3)), int(capture.get(4))  # CAP_PROP_FRAME_WIDTH, CAP_PROP_FRAME_HEIGHT
-    count = total = 0
-    try:
-        with VideoOut(out_path, fps, (width, height)) as video:
-            for frame in tqdm(read_frames(capture), total=frames, desc="frames", unit="frame",
-                              disable=None if progress else True):
-                annotated, n = annotate(frame)
-                video.write(annotated)
-                count, total = count + 1, total + n
-    finally:
-        capture.release()
-    return RunSummary("video", count, total, time.perf_counter() - started, out_path)

@@ -85,13 +85,14 @@ def _colour(class_id: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
 
 
-def draw_detections(image_rgb: np.ndarray, detections) -> np.ndarray:
-    """A copy of `image_rgb` with each detection's box and 'label score'."""
+def draw_detections(image_rgb: np.ndarray, detections, texts: list[str] | None = None) -> np.ndarray:
+    """A copy of `image_rgb` with each detection's box and 'label score' (or its entry of `texts`)."""
     out = image_rgb.copy()
     thickness = max(1, round(max(out.shape[:2]) / 600))
-    for det in detections:
+    for k, det in enumerate(detections):
         colour = _colour(det.class_id)
         x1, y1, x2, y2 = (int(round(v)) for v in det.box_xyxy)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
-        _draw_label(out, f"{det.label} {det.score:.2f}", (x1, y1), colour, 0.4 * thickness, thickness, (0, 0, 0))
+        text = texts[k] if texts is not None else f"{det.label} {det.score:.2f}"
+        _draw_label(out, text, (x1, y1), colour, 0.4 * thickness, thickness, (0, 0, 0))
     return out

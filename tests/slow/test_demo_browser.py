@@ -15,6 +15,22 @@ from tests.support.servers import free_port, stop, wait_healthy
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
 
+def _clip(source: Path, out: Path, frames: int) -> Path:
+    """The first `frames` frames of `source`, as opencv's MPEG-4 Part 2 (what the demo reads needn't play)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(source))
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 25, size)
+    for _ in range(frames):
+        ok, frame = capture.read()
+        assert ok
+        writer.write(frame)
+    writer.release()
+    capture.release()
+    return out
+
+
 @pytest.mark.slow
 def test_object_detection_in_a_browser(artifacts, shared_data, tmp_path):
     from selenium import webdriver
@@ -59,6 +75,19 @@ def test_object_detection_in_a_browser(artifacts, shared_data, tmp_path):
         page = driver.find_element(By.TAG_NAME, "body").text
         assert "Object detection" in page and "person" in page
         assert "Traceback" not in page
+        # A video: the annotated result (H.264 from PyAV) must play in the browser, which MPEG-4 Part 2 did not
+        upload = driver.find_element(By.CSS_SELECTOR, "input[type=file]")
+        upload.send_keys(str(_clip(shared_data / "videos" / "street_bikes.mp4", tmp_path / "bikes.mp4", 30)))
+        video = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "video")))
+        wait.until(lambda d: d.execute_script("return arguments[0].readyState >= 1 || arguments[0].error", video))
+        duration, error = driver.execute_script("return [arguments[0].duration, arguments[0].error && "
+                                                "arguments[0].error.code]", video)
+        assert error is None and duration > 0, f"the annotated video does not load: error {error}"
+        driver.execute_script("arguments[0].muted = true; arguments[0].play();", video)
+        wait.until(lambda d: d.execute_script("return arguments[0].currentTime", video) > 0.2)
+        driver.execute_script("arguments[0].scrollIntoView(); arguments[0].pause();", video)
+        driver.save_screenshot(str(tmp_path / "object_detection_video.png"))
+        print(f"video: {duration:.2f} s, plays; screenshot: {tmp_path / 'object_detection_video.png'}")
     finally:
         if driver is not None:
             driver.quit()

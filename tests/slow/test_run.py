@@ -3,6 +3,7 @@
 import os
 import stat
 
+import av
 import cv2
 import pytest
 
@@ -19,6 +20,8 @@ def test_run_annotates_a_video_and_a_folder(artifacts, shared_data, tmp_path, ca
     capture, _, frames = open_video(out)
     capture.release()
     assert frames == 120
+    with av.open(str(out)) as video:  # what browsers play (opencv's mp4v they do not)
+        assert video.streams.video[0].codec_context.name == "h264"
     summary = capsys.readouterr().out
     assert "video: 120 frames" in summary and "per second" in summary
     assert "video: 120 frames, 0 detections" not in summary  # the faces in the clip are found

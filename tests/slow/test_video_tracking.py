@@ -1,0 +1,51 @@
+"""`edgepipe run` on a video with a gallery, through the installed script: an H.264 mp4 (what browsers play), and
+per-frame JSONL in which the enrolled person keeps one track and one name (issue #16)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import cv2
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EDGEPIPE = str(Path(sys.executable).with_name("edgepipe"))
+
+
+def test_a_tracked_face_keeps_its_name_and_the_video_is_h264(artifacts, shared_data, tmp_path):
+    clip = shared_data / "videos" / "face_carphone.mp4"
+    people = tmp_path / "people"
+    (people / "Caller").mkdir(parents=True)
+    capture = cv2.VideoCapture(str(clip))
+    ok, first = capture.read()
+    capture.release()
+    assert ok and cv2.imwrite(str(people / "Caller" / "frame0.png"), first)  # the person in the clip, enrolled
+    for person in sorted((shared_data / "lfw_10ids" / "images").iterdir())[:3]:  # and three others
+        (people / person.name).mkdir()
+        (people / person.name / "1.jpg").symlink_to(next(person.glob("*.jpg")))
+    faces = ["--embedder", str(artifacts["sface.opencv"]), "--detector", str(artifacts["yunet.opencv"])]
+    subprocess.run([EDGEPIPE, "faces", "enroll", str(tmp_path / "g.json"), "--folder", str(people), *faces],
+                   check=True, capture_output=True, timeout=300)
+    done = subprocess.run([EDGEPIPE, "run", str(artifacts["sface.opencv"]), str(clip), "--gallery",
+                           str(tmp_path / "g.json"), "--detector", str(artifacts["yunet.opencv"]), "--out",
+                           str(tmp_path / "named.mp4"), "--jsonl", str(tmp_path / "named.jsonl")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    with av.open(str(tmp_path / "named.mp4")) as video:
+        stream = video.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        assert sum(1 for _ in video.decode(stream)) == 120
+    rows = [json.loads(line) for line in (tmp_path / "named.jsonl").read_text().splitlines()]
+    assert f"120 frames, {len(rows)} detections" in done.stdout and len(rows) >= 100
+    assert [r["frame"] for r in rows] == sorted(r["frame"] for r in rows)
+    assert all(abs(r["time"] - r["frame"] / 29.97) < 0.01 and len(r["box"]) == 4 and r["label"] == "face" for r in rows)
+    named = [r["name"] for r in rows]
+    assert named.count("Caller") >= 0.95 * len(rows), named  # the right name on the track
+    assert len({r["track"] for r in rows}) <= 2  # one face, one track (a second at most, after a lost frame)
+    switches = sum(a["name"] != b["name"] for a, b in zip(rows, rows[1:]) if a["track"] == b["track"])
+    assert switches == 0
