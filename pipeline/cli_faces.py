@@ -165,8 +165,10 @@ def _cmd_run(args) -> int:
         raise SpecError(f"--embeddings goes into tables: give --out a folder named *{TABLE_SUFFIX}")
     summary = run_artifact(args.artifact, args.input, args.out, score_thresh=args.score_thresh,
                            gallery=args.gallery, detector=detector, jsonl=args.jsonl)
+    latency = f" (a frame takes {summary.latency_ms[0]:.0f} ms p50, {summary.latency_ms[1]:.0f} ms p99)" \
+        if summary.latency_ms else ""
     print(f"{summary.kind}: {summary.items} {'frames' if summary.kind == 'video' else 'image(s)'}, "
-          f"{summary.detections} detections, {summary.fps:.1f} per second; wrote {summary.out}")
+          f"{summary.detections} detections, {summary.fps:.1f} per second{latency}; wrote {summary.out}")
     return 0
 
 

@@ -29,6 +29,7 @@ class RunSummary:
     detections: int
     seconds: float
     out: Path
+    latency_ms: tuple[float, float] | None = None  # video: p50 and p99 of a frame's time from its pixels to its results
 
     @property
     def fps(self) -> float:

@@ -34,3 +34,40 @@ def test_a_failed_video_leaves_nothing(tmp_path):
             video.write(np.zeros((48, 64, 3), np.uint8))
             raise RuntimeError("the detector failed")
     assert list(tmp_path.iterdir()) == []
+
+
+def _clip(path, frames: int = 20):
+    with VideoOut(path, 25.0, (32, 24)) as video:
+        for k in range(frames):
+            video.write(np.full((24, 32, 3), 10 * k, np.uint8))
+    return path
+
+
+def test_the_pipelined_loop_keeps_every_frame_in_order(tmp_path):
+    from edgepipe.run_video import run_video
+
+    seen = []
+
+    def step(frame, index):
+        seen.append(index)
+        return frame, [{"track": 1, "box": [0, 0, 1, 1], "score": 0.9, "label": "x"}]
+
+    summary = run_video(step, _clip(tmp_path / "in.mp4"), tmp_path / "out.mp4", tmp_path / "out.jsonl", progress=False)
+    assert seen == list(range(20)) and summary.items == 20 and summary.detections == 20
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert [int(line.split('"frame": ')[1].split(",")[0]) for line in lines] == list(range(20))
+    assert summary.latency_ms[0] <= summary.latency_ms[1]
+
+
+def test_a_step_that_fails_mid_video_leaves_no_output(tmp_path):
+    from edgepipe.run_video import run_video
+
+    def step(frame, index):
+        if index == 7:
+            raise RuntimeError("the model failed on frame 7")
+        return frame, []
+
+    clip = _clip(tmp_path / "in.mp4")
+    with pytest.raises(RuntimeError, match="frame 7"):
+        run_video(step, clip, tmp_path / "out.mp4", tmp_path / "out.jsonl", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
