@@ -9,7 +9,7 @@ from pathlib import Path
 from edgepipe import specs
 
 __all__ = ["FACE_DETECTOR", "EMBEDDER", "artifact_dir", "face_detector", "score", "distance", "ints", "positive_int",
-           "images"]
+           "positive_float", "count", "images"]
 
 
 def artifact_dir(args) -> Path:
@@ -62,6 +62,28 @@ def positive_int(text: str) -> int:
         value = 0
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
+    return value
+
+
+def count(text: str) -> int:
+    """A count that may be zero: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A length of time or a rate: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0.0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
 
 

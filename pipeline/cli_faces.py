@@ -12,10 +12,12 @@ from edgepipe.cli_args import (
     EMBEDDER,
     FACE_DETECTOR,
     artifact_dir,
+    count,
     distance,
     face_detector,
     images,
     ints,
+    positive_float,
     positive_int,
     score,
 )
@@ -163,10 +165,15 @@ def _cmd_run(args) -> int:
         from edgepipe.errors import SpecError
 
         raise SpecError(f"--embeddings goes into tables: give --out a folder named *{TABLE_SUFFIX}")
+    options = dict(max_frames=args.max_frames, duration_s=args.duration, reconnect=args.reconnect,
+                   timeout_s=args.timeout)
     summary = run_artifact(args.artifact, args.input, args.out, score_thresh=args.score_thresh,
-                           gallery=args.gallery, detector=detector, jsonl=args.jsonl)
-    latency = f" (a frame takes {summary.latency_ms[0]:.0f} ms p50, {summary.latency_ms[1]:.0f} ms p99)" \
-        if summary.latency_ms else ""
+                           gallery=args.gallery, detector=detector, jsonl=args.jsonl, source_options=options)
+    latency = ""
+    if summary.latency_ms:
+        what = "capture to result" if summary.live else "a frame's step"
+        latency = f" ({what} {summary.latency_ms[0]:.0f} ms p50, {summary.latency_ms[1]:.0f} ms p99" \
+            + (f"; {summary.dropped} frames dropped, the newest won)" if summary.live else ")")
     print(f"{summary.kind}: {summary.items} {'frames' if summary.kind == 'video' else 'image(s)'}, "
           f"{summary.detections} detections, {summary.fps:.1f} per second{latency}; wrote {summary.out}")
     return 0
@@ -196,11 +203,19 @@ def add_face_commands(sub) -> None:
     """Register `run`, `faces` and `demo` on the top-level subparsers."""
     run = sub.add_parser("run", help="annotate an image, a folder of images or a video with an artifact's results")
     run.add_argument("artifact", help="a detector (.onnx), or a face embedder with --gallery")
-    run.add_argument("input", help="image, folder of images, or video (.mp4 .avi .mov .mkv .webm .m4v); a "
-                     "folder's unreadable images are skipped, the rest written, and each named (exit 2)")
+    run.add_argument("input", help="image, folder of images, or video: a file (.mp4 .avi .mov .mkv .webm .m4v), a "
+                     "camera (/dev/videoN or N), a stream URL (rtsp://, http://), or a folder of frames with --out "
+                     "X.mp4; a folder's unreadable images are skipped, the rest written, and each named (exit 2)")
     run.add_argument("--out", required=True, help="annotated image, folder, or .mp4 for a video; or a folder named "
                      "*.parquet for tables (one row per detection or face, images.parquet, errors.jsonl, "
                      "summary.json; a folder or list-file input; what --engine ray writes)")
+    run.add_argument("--max-frames", type=positive_int, help="a video: stop after this many frames (a live source "
+                     "runs until it ends otherwise)")
+    run.add_argument("--duration", type=positive_float, help="a video: stop after this many seconds")
+    run.add_argument("--reconnect", type=count, default=0, help="a camera or stream that stalls or drops: open it "
+                     "again up to N times (default 0), each time said in one line")
+    run.add_argument("--timeout", type=positive_float, default=5.0, help="seconds a camera or stream may take to "
+                     "open or to send a frame before it counts as stalled (default 5)")
     run.add_argument("--jsonl", type=Path, help="a video's results, one line per tracked box or face: frame, time, "
                      "track, box, score, label (and name, with --gallery)")
     run.add_argument("--embeddings", action="store_true", help="with a gallery and *.parquet: add each face's "

@@ -29,6 +29,8 @@ class RunSummary:
     detections: int
     seconds: float
     out: Path
+    dropped: int = 0  # a live video's frames skipped because the step was busy (the newest frame wins)
+    live: bool = False
     latency_ms: tuple[float, float] | None = None  # video: p50 and p99 of a frame's time from its pixels to its results
 
     @property
@@ -75,9 +77,11 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
 
 def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | Path, *,
                  score_thresh: float | None = None, gallery: Path | None = None, detector: Path | None = None,
-                 jsonl: Path | None = None, progress: bool = True) -> RunSummary:
+                 jsonl: Path | None = None, source_options: dict | None = None, progress: bool = True) -> RunSummary:
     """Annotate an image (-> image), a folder of images (-> folder) or a video (-> H.264 mp4, boxes tracked, faces
-    named by track; `jsonl` gets each frame's results, see `edgepipe.run_video`).
+    named by track; `jsonl` gets each frame's results, see `edgepipe.run_video`). A video is a file, a camera
+    (/dev/videoN or N), a stream URL (rtsp://, http://) or a folder of frames with an .mp4 `out_path`;
+    `source_options` go to `edgepipe.runtime.streams.open_source` (max_frames, duration_s, reconnect, timeout_s).
 
     A folder's unreadable images are skipped: the others are written, then InputError names every one skipped.
 
@@ -86,11 +90,16 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
             be read, or the output cannot be written.
         ArtifactError: the artifact does not load.
     """
+    from edgepipe.runtime.streams import is_live, open_source
+
+    input_arg = str(input_path)  # a URL keeps its '//' (a Path would fold it)
+    live = is_live(input_arg)
     input_path, out_path = Path(input_path), Path(out_path)
-    if not input_path.exists():
+    if not live and not input_path.exists():
         raise InputError(f"{input_path}: no such file or folder")
-    _check_out(input_path, out_path)  # before any work: a bad destination must not cost a whole video
-    video = input_path.is_file() and input_path.suffix.lower() in VIDEO_SUFFIXES
+    frames = input_path.is_dir() and out_path.suffix.lower() == ".mp4"  # a folder of frames, made a video
+    video = live or frames or (input_path.is_file() and input_path.suffix.lower() in VIDEO_SUFFIXES)
+    _check_out(input_path, out_path, video)  # before any work: a bad destination must not cost a whole video
     if jsonl is not None:
         if not video:
             raise InputError(f"{input_path}: --jsonl records a video's frames; this is not a video file")
@@ -98,8 +107,9 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
     if video:
         from edgepipe.run_video import run_video
 
-        return run_video(_video_step(Path(artifact), score_thresh, gallery, detector), input_path, out_path, jsonl,
-                         progress)
+        step = _video_step(Path(artifact), score_thresh, gallery, detector)
+        source = open_source(input_arg, **(source_options or {}))
+        return run_video(step, source, out_path, jsonl, progress)
     annotate = _annotator(Path(artifact), score_thresh, gallery, detector)
     started = time.perf_counter()
     if input_path.is_dir():
@@ -144,15 +154,15 @@ def _video_step(artifact: Path, score_thresh, gallery: Path | None, detector: Pa
     raise SpecError(f"{artifact}: no runner for a {model.meta.head.kind!r} head")
 
 
-def _check_out(input_path: Path, out_path: Path) -> None:
+def _check_out(input_path: Path, out_path: Path, video: bool) -> None:
     """Refuse a destination that cannot take what `input_path` produces."""
-    if input_path.is_dir():
-        check_destination(out_path, folder=True)
-    elif input_path.suffix.lower() not in VIDEO_SUFFIXES:
-        check_image_path(out_path)
-    elif out_path.suffix.lower() != ".mp4":
+    if video and out_path.suffix.lower() != ".mp4":
         raise InputError(f"{out_path}: a video is written as .mp4, got {out_path.suffix or 'no suffix'!r}")
-    else:
+    if video:
         check_destination(out_path)
+    elif input_path.is_dir():
+        check_destination(out_path, folder=True)
+    else:
+        check_image_path(out_path)
 
 

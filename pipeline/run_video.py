@@ -22,8 +22,9 @@ from tqdm import tqdm
 from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, ObjectDetector
 from edgepipe.runtime.atomic import partial_file, publish
 from edgepipe.runtime.draw import draw_detections, draw_faces
+from edgepipe.runtime.streams import FrameSource
 from edgepipe.runtime.tracking import IdentityVotes, Tracker
-from edgepipe.runtime.video import VideoOut, open_video, read_frames
+from edgepipe.runtime.video import VideoOut
 
 __all__ = ["video_step", "run_video"]
 
@@ -79,48 +80,50 @@ def video_step(detector: ObjectDetector | FaceDetector, score_thresh: float | No
     return faces
 
 
-def run_video(step: Step, input_path: Path, out_path: Path, jsonl: Path | None = None, progress: bool = True):
-    """Run `step` on every frame of a video file; write the annotated H.264 mp4 and, with `jsonl`, one line per
-    result: {"frame", "time" (s), "track", "box" [x1, y1, x2, y2], "score", "label", "name" (faces with a
-    gallery)}. Both appear only when the whole video is done.
+def run_video(step: Step, source: FrameSource, out_path: Path, jsonl: Path | None = None, progress: bool = True):
+    """Run `step` on the frames of `source` (`edgepipe.runtime.streams`); write the annotated H.264 mp4 and, with
+    `jsonl`, one line per result: {"frame", "time" (s), "track", "box" [x1, y1, x2, y2], "score", "label", "name"
+    (faces with a gallery)}. Both appear only when the run is done.
 
-    Decoding, the step and encoding run in three threads joined by bounded queues (QUEUE frames each), so on more
-    than one core the codec's work hides behind inference; every frame is processed, in order. The summary's
-    latency is a frame's time in the step (detect, track, embed when needed, draw), p50 and p99 in ms: with a file
-    the decoder runs ahead, so a frame's wait in the queue says nothing of a live source's delay.
+    Decoding, the step and encoding run in three threads joined by bounded queues, so on more than one core the
+    codec's work hides behind inference. A file's frames are all processed, in order; a live source's newest frame
+    wins (the step takes the latest decoded frame; the ones it skipped are counted as dropped). The summary's
+    latency: live, from a frame's capture to its results; a file, the frame's time in the step (its decoder runs
+    ahead, so queueing says nothing there); p50 and p99 in ms.
     """
     from edgepipe.run import RunSummary
 
     started = time.perf_counter()
-    capture, fps, frames = open_video(input_path)
-    width, height = int(capture.get(3)), int(capture.get(4))  # CAP_PROP_FRAME_WIDTH, CAP_PROP_FRAME_HEIGHT
-    count = total = 0
+    count = total = dropped = 0
     latencies: list[float] = []
     lines = partial_file(jsonl, ".jsonl") if jsonl else None
     stop = threading.Event()
-    decoded: queue.Queue = queue.Queue(QUEUE)
+    decoded: queue.Queue = queue.Queue(1 if source.live else QUEUE)
     try:
-        with VideoOut(out_path, fps, (width, height)) as video, open(lines or "/dev/null", "w") as log:
+        with VideoOut(out_path, source.fps, source.size_wh) as video, open(lines or "/dev/null", "w") as log:
             def encode(item):
-                index, annotated, rows = item
+                index, at, annotated, rows = item
                 video.write(annotated)
                 for row in rows:
-                    log.write(json.dumps({"frame": index, "time": round(index / fps, 4), **row}) + "\n")
+                    log.write(json.dumps({"frame": index, "time": round(at, 4), **row}) + "\n")
 
-            threading.Thread(target=_decode, args=(capture, decoded, stop), daemon=True).start()
+            reader = threading.Thread(target=_decode, args=(source, decoded, stop), daemon=True)
+            reader.start()
             writer = _Writer(encode)
             try:
-                with tqdm(total=frames, desc="frames", unit="frame", disable=None if progress else True) as bar:
-                    for index, (frame, _) in enumerate(iter(lambda: _take(decoded), None)):
+                with tqdm(total=source.frames, desc="frames", unit="frame", disable=None if progress else True) as bar:
+                    for index, (frame, captured, skipped) in enumerate(iter(lambda: _take(decoded), None)):
                         begun = time.perf_counter()
                         annotated, rows = step(frame, index)
-                        latencies.append(time.perf_counter() - begun)
-                        writer.put((index, annotated, rows))
-                        count, total = count + 1, total + len(rows)
+                        latencies.append(time.perf_counter() - (captured if source.live else begun))
+                        at = captured - started if source.live else index / source.fps
+                        writer.put((index, at, annotated, rows))
+                        count, total, dropped = count + 1, total + len(rows), dropped + skipped
                         bar.update()
             finally:  # the encoder is done with the file before it is closed, whatever happened here
                 stop.set()
                 writer.close()
+                reader.join(timeout=source.timeout_s + 1)
         if lines:
             publish(lines, jsonl)
     except BaseException:
@@ -128,31 +131,43 @@ def run_video(step: Step, input_path: Path, out_path: Path, jsonl: Path | None =
             lines.unlink(missing_ok=True)
         raise
     finally:
-        capture.release()
+        source.close()
     ms = 1000 * np.array(latencies or [0.0])
     return RunSummary("video", count, total, time.perf_counter() - started, out_path,
-                      latency_ms=(float(np.percentile(ms, 50)), float(np.percentile(ms, 99))))
+                      latency_ms=(float(np.percentile(ms, 50)), float(np.percentile(ms, 99))), dropped=dropped,
+                      live=source.live)
 
 
 QUEUE = 4  # frames waiting between two stages
 
 
-def _decode(capture, out: queue.Queue, stop: threading.Event) -> None:
-    """The decoder thread: (frame, time decoded) items, then None; an exception is passed on as the item."""
+def _decode(source: FrameSource, out: queue.Queue, stop: threading.Event) -> None:
+    """The decoder thread: (frame, captured at, frames skipped before it) items, then None; an exception is passed
+    on as the item. Live: a frame the step has not taken yet is replaced by the newer one (and counted)."""
     try:
-        for frame in read_frames(capture):
-            item = (frame, time.perf_counter())
-            while not stop.is_set():
+        for frame, captured in source:
+            skipped = 0
+            if source.live:
                 try:
-                    out.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if stop.is_set():
+                    skipped = 1 + out.get_nowait()[2]  # the step was busy: that older frame is dropped
+                except queue.Empty:
+                    pass
+            if not _put(out, (frame, captured, skipped), stop):
                 return
-        out.put(None)
+        _put(out, None, stop)
     except BaseException as e:  # noqa: BLE001 (handed to the consumer, which raises it)
-        out.put(e)
+        _put(out, e, stop)
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put `item`, waiting while the consumer lives; False once it has stopped."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _take(source: queue.Queue):

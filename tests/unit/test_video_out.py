@@ -1,4 +1,4 @@
-"""`VideoOut`: H.264 through PyAV at any frame size (odd sides padded), all or nothing."""
+"""`VideoOut`: H.264 through PyAV at any frame size (odd sides padded), all or nothing; the pipelined video loop."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgepipe.runtime.streams import open_source
 from edgepipe.runtime.video import VideoOut, h264_available
 
 
@@ -52,7 +53,8 @@ def test_the_pipelined_loop_keeps_every_frame_in_order(tmp_path):
         seen.append(index)
         return frame, [{"track": 1, "box": [0, 0, 1, 1], "score": 0.9, "label": "x"}]
 
-    summary = run_video(step, _clip(tmp_path / "in.mp4"), tmp_path / "out.mp4", tmp_path / "out.jsonl", progress=False)
+    summary = run_video(step, open_source(_clip(tmp_path / "in.mp4")), tmp_path / "out.mp4", tmp_path / "out.jsonl",
+                        progress=False)
     assert seen == list(range(20)) and summary.items == 20 and summary.detections == 20
     lines = (tmp_path / "out.jsonl").read_text().splitlines()
     assert [int(line.split('"frame": ')[1].split(",")[0]) for line in lines] == list(range(20))
@@ -69,5 +71,21 @@ def test_a_step_that_fails_mid_video_leaves_no_output(tmp_path):
 
     clip = _clip(tmp_path / "in.mp4")
     with pytest.raises(RuntimeError, match="frame 7"):
-        run_video(step, clip, tmp_path / "out.mp4", tmp_path / "out.jsonl", progress=False)
+        run_video(step, open_source(clip), tmp_path / "out.mp4", tmp_path / "out.jsonl", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.mp4"]
+
+
+def test_a_folder_of_frames_is_a_source_and_bad_sources_are_one_line(tmp_path):
+    import cv2
+
+    from edgepipe.errors import InputError
+
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / f"{k:03d}.png"), np.full((10, 12, 3), k, np.uint8))
+    source = open_source(tmp_path)
+    assert (source.frames, source.size_wh, source.live) == (3, (12, 10), False)
+    assert [int(frame[0, 0, 0]) for frame, _ in source] == [0, 1, 2]
+    with pytest.raises(InputError, match="cannot be opened"):
+        open_source("http://127.0.0.1:9/none.mjpg", timeout_s=1)  # the discard port: nothing answers
+    with pytest.raises(InputError, match="no images"):
+        open_source((tmp_path / "empty").mkdir() or tmp_path / "empty")
