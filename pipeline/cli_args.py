@@ -32,59 +32,40 @@ def face_detector(args, beside: str | Path | None) -> Path | None:
     return next((folder / FACE_DETECTOR for folder in folders if (folder / FACE_DETECTOR).is_file()), None)
 
 
+def _number(text: str, kind, ok, expected: str):
+    """`text` as `kind` (float or int) if `ok(value)`, else argparse's error saying what was `expected`."""
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not ok(value):  # NaN fails every comparison in `ok`
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
+
+
 def score(text: str) -> float:
     """A score threshold: a finite number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:  # NaN fails both comparisons
-        raise argparse.ArgumentTypeError(f"expected a score in [0, 1], got {text!r}")
-    return value
+    return _number(text, float, lambda v: 0.0 <= v <= 1.0, "a score in [0, 1]")
 
 
 def distance(text: str) -> float:
     """A match threshold: a finite distance > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (0.0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite distance > 0, got {text!r}")
-    return value
+    return _number(text, float, lambda v: 0.0 < v < float("inf"), "a finite distance > 0")
+
+
+def positive_float(text: str) -> float:
+    """A length of time: a finite number > 0."""
+    return _number(text, float, lambda v: 0.0 < v < float("inf"), "a finite number > 0")
 
 
 def positive_int(text: str) -> int:
     """A count: a whole number > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
-    return value
+    return _number(text, int, lambda v: v > 0, "a whole number > 0")
 
 
 def count(text: str) -> int:
     """A count that may be zero: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A length of time or a rate: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not (0.0 < value < float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
-    return value
+    return _number(text, int, lambda v: v >= 0, "a whole number >= 0")
 
 
 def ints(text: str) -> tuple[int, ...]:

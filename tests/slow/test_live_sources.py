@@ -46,11 +46,8 @@ def _run(artifacts, url: str, tmp_path: Path, *flags) -> tuple[subprocess.Comple
 
 
 def test_a_stream_that_dies_is_reconnected_in_one_line(artifacts, jpegs, tmp_path):
-    camera = MjpegServer(jpegs, [("frames", 40), ("frames", 30)])
-    try:
+    with MjpegServer(jpegs, [("frames", 40), ("frames", 30)]) as camera:
         done, _ = _run(artifacts, camera.url, tmp_path, "--reconnect", "1", "--timeout", "3")
-    finally:
-        camera.close()
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("reconnecting (1 of 1)") == 1 and camera.connections == 2
     processed, dropped = _counts(done.stdout)
@@ -65,22 +62,16 @@ def test_a_stream_that_dies_is_reconnected_in_one_line(artifacts, jpegs, tmp_pat
 
 
 def test_a_stalled_stream_ends_after_the_timeout_and_never_hangs(artifacts, jpegs, tmp_path):
-    camera = MjpegServer(jpegs, [("stall", 25)])
-    try:
+    with MjpegServer(jpegs, [("stall", 25)]) as camera:
         done, seconds = _run(artifacts, camera.url, tmp_path, "--timeout", "2")
-    finally:
-        camera.close()
     assert done.returncode == 0, done.stderr
     assert "the stream stopped (no frame for 2 s" in done.stderr and seconds < 30
     assert (tmp_path / "live.mp4").is_file()
 
 
 def test_max_frames_stops_a_live_source(artifacts, jpegs, tmp_path):
-    camera = MjpegServer(jpegs, [("frames", 1000)])
-    try:
+    with MjpegServer(jpegs, [("frames", 1000)]) as camera:
         done, _ = _run(artifacts, camera.url, tmp_path, "--max-frames", "20")
-    finally:
-        camera.close()
     assert done.returncode == 0, done.stderr
     processed, dropped = _counts(done.stdout)
     assert processed + dropped == 20

@@ -81,3 +81,9 @@ class MjpegServer:
         self.stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def __enter__(self) -> "MjpegServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
