@@ -168,7 +168,8 @@ def _cmd_run(args) -> int:
     options = dict(max_frames=args.max_frames, duration_s=args.duration, reconnect=args.reconnect,
                    timeout_s=args.timeout)
     summary = run_artifact(args.artifact, args.input, args.out, score_thresh=args.score_thresh,
-                           gallery=args.gallery, detector=detector, jsonl=args.jsonl, source_options=options)
+                           gallery=args.gallery, detector=detector, jsonl=args.jsonl, source_options=options,
+                           max_side=args.max_side)
     latency = ""
     if summary.latency_ms:
         what = "capture to result" if summary.live else "a frame's step"
@@ -209,6 +210,9 @@ def add_face_commands(sub) -> None:
     run.add_argument("--out", required=True, help="annotated image, folder, or .mp4 for a video; or a folder named "
                      "*.parquet for tables (one row per detection or face, images.parquet, errors.jsonl, "
                      "summary.json; a folder or list-file input; what --engine ray writes)")
+    run.add_argument("--max-side", type=positive_int, help="a video: detect on frames shrunk to at most this many "
+                     "px a side (a detector that takes any size, as YuNet; e.g. 640 for 720p at 30 frames/s); boxes stay "
+                     "in frame pixels")
     run.add_argument("--max-frames", type=positive_int, help="a video: stop after this many frames (a live source "
                      "runs until it ends otherwise)")
     run.add_argument("--duration", type=positive_float, help="a video: stop after this many seconds")

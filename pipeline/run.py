@@ -77,11 +77,13 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
 
 def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | Path, *,
                  score_thresh: float | None = None, gallery: Path | None = None, detector: Path | None = None,
-                 jsonl: Path | None = None, source_options: dict | None = None, progress: bool = True) -> RunSummary:
+                 jsonl: Path | None = None, source_options: dict | None = None, max_side: int | None = None,
+                 progress: bool = True) -> RunSummary:
     """Annotate an image (-> image), a folder of images (-> folder) or a video (-> H.264 mp4, boxes tracked, faces
     named by track; `jsonl` gets each frame's results, see `edgepipe.run_video`). A video is a file, a camera
     (/dev/videoN or N), a stream URL (rtsp://, http://) or a folder of frames with an .mp4 `out_path`;
-    `source_options` go to `edgepipe.runtime.streams.open_source` (max_frames, duration_s, reconnect, timeout_s).
+    `source_options` go to `edgepipe.runtime.streams.open_source` (max_frames, duration_s, reconnect, timeout_s);
+    `max_side` shrinks a video's frames to at most that many px a side for a detector that takes any size (YuNet).
 
     A folder's unreadable images are skipped: the others are written, then InputError names every one skipped.
 
@@ -107,7 +109,7 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
     if video:
         from edgepipe.run_video import run_video
 
-        step = _video_step(Path(artifact), score_thresh, gallery, detector)
+        step = _video_step(Path(artifact), score_thresh, gallery, detector, max_side)
         source = open_source(input_arg, **(source_options or {}))
         return run_video(step, source, out_path, jsonl, progress)
     annotate = _annotator(Path(artifact), score_thresh, gallery, detector)
@@ -135,14 +137,14 @@ def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | P
     return RunSummary("image", 1, n, time.perf_counter() - started, out_path)
 
 
-def _video_step(artifact: Path, score_thresh, gallery: Path | None, detector: Path | None):
-    from edgepipe.run_video import video_step
+def _video_step(artifact: Path, score_thresh, gallery: Path | None, detector: Path | None, max_side: int | None):
+    from edgepipe.run_video import capped, video_step
 
     model = load(artifact)
     if model.meta.head.task == Task.DETECTION:
-        return video_step(ObjectDetector(model), score_thresh)
+        return video_step(capped(ObjectDetector(model), max_side), score_thresh)
     if model.meta.head.task == Task.FACE_DETECTION:
-        return video_step(FaceDetector(model), score_thresh)
+        return video_step(capped(FaceDetector(model), max_side), score_thresh)
     if model.meta.head.task == Task.FACE_EMBEDDING:
         if gallery is None or detector is None:
             raise SpecError(f"{artifact} is a face embedder: pass --gallery and --detector to identify people")
@@ -150,7 +152,7 @@ def _video_step(artifact: Path, score_thresh, gallery: Path | None, detector: Pa
 
         enable_gallery_index()
         found = FaceRecognizer(FaceDetector.from_path(detector), FaceEmbedder(model), FaceGallery.load(gallery))
-        return video_step(found.detector, score_thresh, found.embedder, found.gallery)  # checked: one embedder
+        return video_step(capped(found.detector, max_side), score_thresh, found.embedder, found.gallery)
     raise SpecError(f"{artifact}: no runner for a {model.meta.head.kind!r} head")
 
 

@@ -9,6 +9,7 @@ a frame.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import queue
 import threading
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from edgepipe.runtime import FaceDetector, FaceEmbedder, FaceGallery, ObjectDetector
 from edgepipe.runtime.atomic import partial_file, publish
 from edgepipe.runtime.draw import draw_detections, draw_faces
+from edgepipe.runtime.enums import Resize
 from edgepipe.runtime.streams import FrameSource
 from edgepipe.runtime.tracking import IdentityVotes, Tracker
 from edgepipe.runtime.video import VideoOut
@@ -35,6 +37,22 @@ Step = Callable[[np.ndarray, int], tuple[np.ndarray, list[dict]]]
 def _row(track: int, box, score: float, label: str, named: bool = False, name: str | None = None) -> dict:
     return {"track": int(track), "box": [round(float(v), 2) for v in box], "score": round(float(score), 4),
             "label": label, **({"name": name} if named else {})}
+
+
+def capped(detector: ObjectDetector | FaceDetector, max_side: int | None):
+    """The detector running on frames shrunk to at most `max_side` px a side (its boxes still in frame pixels),
+    for a detector that takes any image size (Resize.PAD, as YuNet); a fixed-size one (already shrinking every
+    frame to its input) is returned as it is."""
+    meta = detector.model.meta
+    if not max_side or meta.input.resize != Resize.PAD:
+        return detector
+    m = meta.input.size_multiple
+    side = max(m, max_side // m * m)
+    if side >= max(meta.input.input_hw):
+        return detector
+    model = dataclasses.replace(detector.model, meta=dataclasses.replace(
+        meta, input=dataclasses.replace(meta.input, shape_chw=(meta.input.shape_chw[0], side, side))))
+    return type(detector)(model)
 
 
 def video_step(detector: ObjectDetector | FaceDetector, score_thresh: float | None = None,

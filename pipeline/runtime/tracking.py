@@ -123,10 +123,11 @@ class IdentityVotes:
     Args:
         every: embed a named track again after this many frames (a face can turn out to be someone else).
         settle: votes after which a track whose leading name holds `share` of the weight is settled.
+        retry: a track no enrolled person leads yet is embedded again after this many frames, not every frame.
     """
 
-    def __init__(self, every: int = 30, settle: int = 3, share: float = 0.7):
-        self.every, self.settle, self.share = every, settle, share
+    def __init__(self, every: int = 30, settle: int = 3, share: float = 0.7, retry: int = 5):
+        self.every, self.settle, self.share, self.retry = every, settle, share, retry
         self._votes: dict[int, dict[str | None, float]] = {}
         self._count: dict[int, int] = {}
         self._last: dict[int, int] = {}
@@ -134,9 +135,12 @@ class IdentityVotes:
     def needs_embedding(self, track_id: int, frame: int) -> bool:
         if track_id not in self._votes:
             return True  # new
-        if frame - self._last[track_id] >= self.every:
+        since = frame - self._last[track_id]
+        if since >= self.every:
             return True  # periodic re-check
-        return not self._settled(track_id)  # uncertain: keep asking until settled
+        if self.name(track_id) is None:  # nobody yet (a face turned away, half hidden): look again now and then
+            return since >= self.retry
+        return not self._settled(track_id)  # uncertain between people: keep asking until settled
 
     def add(self, track_id: int, frame: int, name: str | None, distance: float, threshold: float) -> None:
         weight = max(1e-3, 1.0 - distance / threshold) if name is not None else 0.5
@@ -146,8 +150,9 @@ class IdentityVotes:
         self._last[track_id] = frame
 
     def name(self, track_id: int) -> str | None:
+        """The leading name; unknown (None) only while no enrolled person has a vote as heavy."""
         votes = self._votes.get(track_id)
-        return max(votes, key=votes.get) if votes else None
+        return max(votes, key=lambda n: (votes[n], n is not None)) if votes else None
 
     def _settled(self, track_id: int) -> bool:
         votes = self._votes[track_id]

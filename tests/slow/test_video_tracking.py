@@ -49,3 +49,29 @@ def test_a_tracked_face_keeps_its_name_and_the_video_is_h264(artifacts, shared_d
     assert len({r["track"] for r in rows}) <= 2  # one face, one track (a second at most, after a lost frame)
     switches = sum(a["name"] != b["name"] for a, b in zip(rows, rows[1:]) if a["track"] == b["track"])
     assert switches == 0
+
+
+def test_people_crossing_a_720p_frame_keep_their_names(artifacts, shared_data, tmp_path):
+    """The benchmark's face clip (edgepipe.clips: three LFW people crossing 1280x720), shortened: tracked and named
+    at --max-side 640, scored against the clip's truth."""
+    from edgepipe.clips import FACE_PEOPLE, identity_figures, moving_faces
+
+    photos = {name: sorted((shared_data / "lfw_10ids" / "images" / name).glob("*.jpg")) for name in FACE_PEOPLE}
+    clip = moving_faces([p[1] for p in photos.values()], tmp_path / "faces.mp4", seconds=3.0)
+    for name, paths in photos.items():  # each enrolled from another photo than the clip shows
+        (tmp_path / "people" / name).mkdir(parents=True)
+        (tmp_path / "people" / name / "0.jpg").symlink_to(paths[0])
+    detector = ["--detector", str(artifacts["yunet.opencv"])]
+    subprocess.run([EDGEPIPE, "faces", "enroll", str(tmp_path / "g.json"), "--folder", str(tmp_path / "people"),
+                    *detector, "--embedder", str(artifacts["sface.opencv"])], check=True, capture_output=True,
+                   timeout=300)
+    done = subprocess.run([EDGEPIPE, "run", str(artifacts["sface.opencv"]), str(clip), "--gallery",
+                           str(tmp_path / "g.json"), *detector, "--max-side", "640", "--out", str(tmp_path / "o.mp4"),
+                           "--jsonl", str(tmp_path / "o.jsonl")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    truth = [json.loads(line) for line in clip.with_suffix(".truth.jsonl").read_text().splitlines()]
+    figures = identity_figures(results, truth)
+    print(f"\n{figures}")
+    assert figures["faces"] == 270 and figures["right_name_share"] >= 0.8 and figures["switches"] <= 6
+    assert set(figures["tracks_per_person"]) == set(FACE_PEOPLE)
