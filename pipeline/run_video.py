@@ -31,6 +31,8 @@ from edgepipe.runtime.video import VideoOut
 __all__ = ["video_step", "run_video"]
 
 LOW = 0.1  # the least score a detection needs to continue a track
+EMBED_PER_FRAME = 1  # faces embedded a frame at most: three new faces cost three frames' one embedding, not one
+# frame's three (what bounds a live source's p99 latency); the others wait a frame or two
 Step = Callable[[np.ndarray, int], tuple[np.ndarray, list[dict]]]
 
 
@@ -81,7 +83,9 @@ def video_step(detector: ObjectDetector | FaceDetector, score_thresh: float | No
         ids = tracker.update([f.box_xyxy for f in found], [f.score for f in found], ["face"] * len(found))
         kept = [(i, f) for i, f in zip(ids, found) if f.score >= high]
         if embedder is not None and gallery is not None:
-            wanted = [(i, detector.refine(frame, f)) for i, f in kept if votes.needs_embedding(int(i), index)]
+            due = sorted((votes.waited(int(i), index), k) for k, (i, _) in enumerate(kept)
+                         if votes.needs_embedding(int(i), index))  # new tracks first, then the longest waiting
+            wanted = [(kept[k][0], detector.refine(frame, kept[k][1])) for _, k in due[::-1][:EMBED_PER_FRAME]]
             if wanted:
                 matches = gallery.identify(embedder.embed(frame, [f for _, f in wanted]))
                 for (i, _), match in zip(wanted, matches):

@@ -142,6 +142,10 @@ class IdentityVotes:
             return since >= self.retry
         return not self._settled(track_id)  # uncertain between people: keep asking until settled
 
+    def waited(self, track_id: int, frame: int) -> float:
+        """Frames since the track's last embedding; infinite for a track never embedded."""
+        return frame - self._last[track_id] if track_id in self._last else float("inf")
+
     def add(self, track_id: int, frame: int, name: str | None, distance: float, threshold: float) -> None:
         weight = max(1e-3, 1.0 - distance / threshold) if name is not None else 0.5
         votes = self._votes.setdefault(track_id, {})
