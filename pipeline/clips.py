@@ -22,7 +22,8 @@ import numpy as np
 
 from edgepipe.runtime.atomic import atomic_write
 from edgepipe.runtime.preprocess import read_image
-from edgepipe.runtime.video import VideoOut, open_video, read_frames
+from edgepipe.runtime.video import open_video, read_frames
+from edgepipe.video_out import VideoOut
 
 __all__ = ["upscaled", "moving_faces", "identity_figures", "FACE_PEOPLE", "SIZE"]
 

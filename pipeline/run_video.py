@@ -26,7 +26,7 @@ from edgepipe.runtime.draw import draw_detections, draw_faces
 from edgepipe.runtime.enums import Resize
 from edgepipe.runtime.streams import FrameSource
 from edgepipe.runtime.tracking import IdentityVotes, Tracker
-from edgepipe.runtime.video import VideoOut
+from edgepipe.video_out import VideoOut
 
 __all__ = ["video_step", "run_video"]
 

@@ -12,7 +12,8 @@ import streamlit as st
 from edgepipe.apps import common
 from edgepipe.runtime import EdgepipeError, FaceGallery, FaceRecognizer
 from edgepipe.runtime.draw import draw_faces, encode_image
-from edgepipe.runtime.video import VideoOut, open_video, read_frames
+from edgepipe.runtime.video import open_video, read_frames
+from edgepipe.video_out import VideoOut
 
 
 def models_ui():

@@ -12,7 +12,8 @@ import streamlit as st
 from edgepipe.apps import common
 from edgepipe.runtime import EdgepipeError, ObjectDetector
 from edgepipe.runtime.draw import draw_detections, encode_image
-from edgepipe.runtime.video import VideoOut, open_video, read_frames
+from edgepipe.runtime.video import open_video, read_frames
+from edgepipe.video_out import VideoOut
 
 
 def detector_ui() -> ObjectDetector | None:

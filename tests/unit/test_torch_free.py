@@ -21,7 +21,8 @@ def test_runtime_never_imports_torch_or_models():
 def test_quantize_evaluate_bench_and_report_never_import_torch():
     """Only export (and train) need torch: the stages after it run on a machine without it."""
     stages = ("edgepipe.artifact", "edgepipe.quantize", "edgepipe.evaluate", "edgepipe.benchmark", "edgepipe.report",
-              "edgepipe.bench_worker", "edgepipe.run", "edgepipe.specs", "edgepipe.cli_args")
+              "edgepipe.bench_worker", "edgepipe.run", "edgepipe.run_video", "edgepipe.video_out", "edgepipe.specs",
+              "edgepipe.cli_args", "edgepipe.engine", "edgepipe.image_tasks")
     code = (f"import importlib, sys; [importlib.import_module(m) for m in {stages!r}]; "
             "bad = [m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith(('edgepipe.models', "
             "'edgepipe.export'))]; sys.exit(str(bad[:5]) if bad else 0)")
@@ -61,6 +62,8 @@ def test_apps_import_only_the_runtime_and_report():
                 root = name.split(".")[0]
                 assert root in stdlib or root in allowed, f"{path.name} imports {name}"
                 if root == "edgepipe":
-                    # edgepipe.specs: the zoo's default names (torch-free, checked above)
-                    assert name.startswith(("edgepipe.runtime", "edgepipe.report", "edgepipe.apps", "edgepipe.specs")), \
+                    # edgepipe.specs: the zoo's default names; video_out, run_video: writing and tracking video (all
+                    # torch-free, checked above)
+                    assert name.startswith(("edgepipe.runtime", "edgepipe.report", "edgepipe.apps", "edgepipe.specs",
+                                            "edgepipe.video_out", "edgepipe.run_video")), \
                         f"{path.name} imports {name}"

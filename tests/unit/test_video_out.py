@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgepipe.runtime.streams import open_source
-from edgepipe.runtime.video import VideoOut, h264_available
+from edgepipe.video_out import VideoOut, h264_available
 
 
 @settings(max_examples=8, deadline=None)
