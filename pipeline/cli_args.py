@@ -76,15 +76,12 @@ def ints(text: str) -> tuple[int, ...]:
 
 
 def images(folder: str | None) -> list[Path] | None:
+    """Every image under an --images folder (None when the flag is not given)."""
     if folder is None:
         return None
-    from edgepipe.runtime import InputError
-    from edgepipe.runtime.preprocess import IMAGE_SUFFIXES
+    from edgepipe.engine import images_under
 
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    return paths
+    return images_under(Path(folder))
 
 
 def shorten(text: str, width: int) -> str:

@@ -40,10 +40,7 @@ def engine_of(args):
     return Engine(args.engine, args.ray_address, args.actors, args.batch, args.actor_threads)
 
 
-def _about(args, engine, artifact: Path) -> dict:
-    from edgepipe.runtime import load
-
-    meta = load(artifact).meta
+def _about(engine, artifact: Path, meta) -> dict:
     return {"engine": engine.kind, "actors": engine.actors if engine.kind == "ray" else None, "batch": engine.batch,
             "artifact": str(artifact), "model": meta.model_name, "precision": meta.precision.value}
 
@@ -67,7 +64,8 @@ def run_tables(args, detector: Path | None) -> int:
     check_destination(out, folder=True)
     engine = engine_of(args)
     paths = image_paths(args.input)
-    task = load(args.artifact).meta.task
+    meta = load(args.artifact).meta
+    task = meta.task
     if task == Task.FACE_EMBEDDING:
         if args.gallery is None or detector is None:
             raise SpecError(f"{args.artifact} is a face embedder: pass --gallery and --detector to identify people")
@@ -79,7 +77,7 @@ def run_tables(args, detector: Path | None) -> int:
     records = map_images(spec, paths, engine)
     with contextlib.closing(records):  # an interrupted job stops its Ray here too
         summary = write_tables(records, out, embeddings=args.embeddings,
-                               about=_about(args, engine, Path(args.artifact)))
+                               about=_about(engine, Path(args.artifact), meta))
     print(f"{summary['images']} image(s), {summary['rows']} rows, {summary['errors']} unreadable (errors.jsonl); "
           f"{engine.kind}{f' ({engine.actors} actors)' if engine.kind == 'ray' else ''}: {summary['images_per_s']:.1f} "
           f"images/s, {summary['first_record_s']:.1f} s to the first result, then {summary['steady_images_per_s'] or 0:.1f} "

@@ -14,6 +14,7 @@ actor costs time, not records: each image still comes out exactly once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from tqdm import tqdm
 from edgepipe.errors import InputError
 from edgepipe.image_tasks import ImageTask, TaskSpec
 
-__all__ = ["Engine", "map_images", "image_paths", "ray_missing"]
+__all__ = ["Engine", "map_images", "image_paths", "images_under", "ray_missing"]
 
 ENGINES = ("local", "ray")
 
@@ -57,20 +58,26 @@ def image_paths(source: str | Path) -> list[Path]:
         InputError: no such folder or file, or no images in it.
     """
     from edgepipe.runtime.atomic import read_text
-    from edgepipe.runtime.preprocess import IMAGE_SUFFIXES
 
     source = Path(source)
     if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not paths:
-            raise InputError(f"{source}: no images ({', '.join(IMAGE_SUFFIXES)}) under this folder")
-        return paths
+        return images_under(source)
     if not source.is_file():
         raise InputError(f"{source}: no such folder or list file")
     lines = [line.strip() for line in read_text(source).splitlines()]
     paths = list(dict.fromkeys(source.parent / line for line in lines if line and not line.startswith("#")))
     if not paths:
         raise InputError(f"{source}: a list file with no image paths (one per line)")
+    return paths
+
+
+def images_under(folder: Path) -> list[Path]:
+    """Every image file under `folder`, recursively, sorted. Raises InputError when there is none."""
+    from edgepipe.runtime.preprocess import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) under this folder")
     return paths
 
 
@@ -164,10 +171,9 @@ def _map_on_ray(spec: TaskSpec, paths: list[str], engine: Engine, progress: bool
     import ray
     import ray.data
 
-    spec = TaskSpec(**{**spec.__dict__, "threads": engine.threads,
-                       "artifact": os.path.abspath(spec.artifact),
-                       "detector": spec.detector and os.path.abspath(spec.detector),
-                       "gallery": spec.gallery and os.path.abspath(spec.gallery)})
+    spec = dataclasses.replace(spec, threads=engine.threads, artifact=os.path.abspath(spec.artifact),
+                               detector=spec.detector and os.path.abspath(spec.detector),
+                               gallery=spec.gallery and os.path.abspath(spec.gallery))
     given = {os.path.abspath(p): p for p in paths}  # records name images as the caller did
     paths = list(given)
     started_here = not ray.is_initialized()

@@ -123,16 +123,21 @@ class _Images:
 
     def __init__(self, model, detector: str | Path | None, engine: Engine, progress: bool):
         self.model, self.detector, self.engine, self.progress = model, detector, engine, progress
-        self.detector_model = None
+        self._face_detector = None
+
+    @property
+    def face_detector(self) -> FaceDetector:
+        """The --detector that aligns faces for an embedder, opened once."""
+        if self._face_detector is None:
+            self._face_detector = FaceDetector.from_path(self.detector)
+        return self._face_detector
 
     def records(self, kind: str, paths: list[Path], *, score_thresh: float | None = None,
                 classes: tuple[str, ...] | None = None) -> dict[str, dict]:
         embedder = kind in ("centre_face", "largest_face")
         if self.engine.kind == "local":
             if embedder:
-                if self.detector_model is None:
-                    self.detector_model = FaceDetector.from_path(self.detector)
-                task = ImageTask(kind, detector=self.detector_model, embedder=FaceEmbedder(self.model),
+                task = ImageTask(kind, detector=self.face_detector, embedder=FaceEmbedder(self.model),
                                  score_thresh=score_thresh)
             else:
                 detector = ObjectDetector(self.model) if self.model.meta.head.task == Task.DETECTION \
@@ -149,9 +154,7 @@ class _Images:
 
     @property
     def detector_name(self) -> str:
-        from edgepipe.runtime import load as load_artifact
-
-        return load_artifact(self.detector).meta.model_name
+        return self.face_detector.model.meta.model_name
 
 
 def evaluate_model(model, data_dir: str | Path, *, detector: str | Path | None = None,

@@ -60,12 +60,7 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
 
         return detect_faces
     if head.task == Task.FACE_EMBEDDING:
-        if gallery is None or detector is None:
-            raise SpecError(f"{artifact} is a face embedder: pass --gallery and --detector to identify people")
-        from edgepipe.cli_faces import enable_gallery_index
-
-        enable_gallery_index()
-        recognizer = FaceRecognizer(FaceDetector.from_path(detector), FaceEmbedder(model), FaceGallery.load(gallery))
+        recognizer = _recognizer(model, gallery, detector)
 
         def identify(im):
             results = recognizer.identify(im)
@@ -73,6 +68,16 @@ def _annotator(artifact: Path, score_thresh: float | None, gallery: Path | None,
 
         return identify
     raise SpecError(f"{artifact}: no runner for a {head.kind!r} head")
+
+
+def _recognizer(embedder, gallery: Path | None, detector: Path | None) -> FaceRecognizer:
+    """A face embedder's model with the --detector and --gallery it needs to name people (checked to agree)."""
+    if gallery is None or detector is None:
+        raise SpecError(f"{embedder.path} is a face embedder: pass --gallery and --detector to identify people")
+    from edgepipe.cli_faces import enable_gallery_index
+
+    enable_gallery_index()
+    return FaceRecognizer(FaceDetector.from_path(detector), FaceEmbedder(embedder), FaceGallery.load(gallery))
 
 
 def run_artifact(artifact: str | Path, input_path: str | Path, out_path: str | Path, *,
@@ -146,12 +151,7 @@ def _video_step(artifact: Path, score_thresh, gallery: Path | None, detector: Pa
     if model.meta.head.task == Task.FACE_DETECTION:
         return video_step(capped(FaceDetector(model), max_side), score_thresh)
     if model.meta.head.task == Task.FACE_EMBEDDING:
-        if gallery is None or detector is None:
-            raise SpecError(f"{artifact} is a face embedder: pass --gallery and --detector to identify people")
-        from edgepipe.cli_faces import enable_gallery_index
-
-        enable_gallery_index()
-        found = FaceRecognizer(FaceDetector.from_path(detector), FaceEmbedder(model), FaceGallery.load(gallery))
+        found = _recognizer(model, gallery, detector)
         return video_step(capped(found.detector, max_side), score_thresh, found.embedder, found.gallery)
     raise SpecError(f"{artifact}: no runner for a {model.meta.head.kind!r} head")
 
