@@ -58,18 +58,20 @@ def capped(detector: ObjectDetector | FaceDetector, max_side: int | None):
 
 
 def video_step(detector: ObjectDetector | FaceDetector, score_thresh: float | None = None,
-               embedder: FaceEmbedder | None = None, gallery: FaceGallery | None = None) -> Step:
+               embedder: FaceEmbedder | None = None, gallery: FaceGallery | None = None, *,
+               threshold: float | None = None, classes: set[str] | None = None) -> Step:
     """The per-frame work for a detector, or a face detector + embedder + gallery (names by track vote).
 
     Every detection at or above `score_thresh` (default: the artifact's) gets a track and is drawn and written; one
     down to `LOW` only keeps its track alive (ByteTrack's second look: a face blurred or turning for a few frames
-    keeps its track, and so its name, when it comes back)."""
+    keeps its track, and so its name, when it comes back). `threshold`: the match distance for faces (default: the
+    gallery's); `classes`: an object detector keeps only these labels (default: all)."""
     high = detector.model.meta.head.score_thresh if score_thresh is None else score_thresh
     low = min(LOW, high)
     tracker = Tracker(high=high, low=low)
     if isinstance(detector, ObjectDetector):
         def objects(frame, index):
-            found = detector.detect(frame, low)
+            found = detector.detect(frame, low, classes)
             ids = tracker.update([d.box_xyxy for d in found], [d.score for d in found], [d.label for d in found])
             kept = [(i, d) for i, d in zip(ids, found) if d.score >= high]  # the low ones only hold their tracks
             texts = [f"#{i} {d.label} {d.score:.2f}" for i, d in kept]
@@ -77,6 +79,7 @@ def video_step(detector: ObjectDetector | FaceDetector, score_thresh: float | No
                     [_row(i, d.box_xyxy, d.score, d.label) for i, d in kept])
         return objects
     votes = IdentityVotes()
+    limit = gallery.threshold if threshold is None and gallery is not None else threshold
 
     def faces(frame, index):
         found = detector.detect(frame, low)
@@ -87,9 +90,9 @@ def video_step(detector: ObjectDetector | FaceDetector, score_thresh: float | No
                          if votes.needs_embedding(int(i), index))  # new tracks first, then the longest waiting
             wanted = [(kept[k][0], detector.refine(frame, kept[k][1])) for _, k in due[::-1][:EMBED_PER_FRAME]]
             if wanted:
-                matches = gallery.identify(embedder.embed(frame, [f for _, f in wanted]))
+                matches = gallery.identify(embedder.embed(frame, [f for _, f in wanted]), limit)
                 for (i, _), match in zip(wanted, matches):
-                    votes.add(int(i), index, match.name, match.distance, gallery.threshold)
+                    votes.add(int(i), index, match.name, match.distance, limit)
             votes.forget({t.id for t in tracker.tracks})
             names = [votes.name(int(i)) for i, _ in kept]
             texts = [f"#{i} {name or 'unknown'}" for (i, _), name in zip(kept, names)]

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from edgepipe.apps import common
+from edgepipe.run_video import video_step
 from edgepipe.runtime import EdgepipeError, FaceGallery, FaceRecognizer
 from edgepipe.runtime.draw import draw_faces, encode_image
 from edgepipe.runtime.video import open_video, read_frames
@@ -107,24 +108,27 @@ def identify_image(recognizer: FaceRecognizer, image_rgb, threshold: float) -> N
 
 
 def identify_video(recognizer: FaceRecognizer, video_path: Path, threshold: float) -> None:
+    """Faces tracked across frames and named by their track's vote (`edgepipe run`'s step): a face is embedded when
+    its track is new, uncertain or every `IdentityVotes.every` frames, not on every frame."""
     capture, fps, frames = open_video(video_path)
     out_path = video_path.with_name("faces.mp4")
-    bar, seen, start = st.progress(0.0, text="Identifying ..."), {}, time.perf_counter()
+    step = video_step(recognizer.detector, None, recognizer.embedder, recognizer.gallery, threshold=threshold)
+    bar, tracks, start = st.progress(0.0, text="Identifying ..."), {}, time.perf_counter()
     try:
         with VideoOut(out_path, fps, (int(capture.get(3)), int(capture.get(4)))) as out:
             for i, frame in enumerate(read_frames(capture)):
-                results = recognizer.identify(frame, threshold)
-                labels, known, _ = labelled(results)
-                for _, match in results:
-                    seen[match.name or "unknown"] = seen.get(match.name or "unknown", 0) + 1
-                out.write(draw_faces(frame, [f for f, _ in results], labels, known))
+                annotated, rows = step(frame, i)
+                for row in rows:  # a track's name is its latest vote
+                    shown = tracks.setdefault(row["track"], {"track": row["track"], "frames": 0})
+                    shown.update(name=row.get("name") or "unknown", frames=shown["frames"] + 1)
+                out.write(annotated)
                 bar.progress(min(1.0, (i + 1) / frames), text=f"frame {i + 1}/{frames}")
     finally:
         capture.release()
     st.caption(f"{(i + 1) / (time.perf_counter() - start):.1f} frames per second")
     st.video(str(out_path))
-    st.dataframe(pd.DataFrame({"name": list(seen), "frames": list(seen.values())}), hide_index=True)
-    if not seen:
+    st.dataframe(pd.DataFrame(list(tracks.values()), columns=["track", "name", "frames"]), hide_index=True)
+    if not tracks:
         st.warning("No face found in this video.")
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from edgepipe.apps import common
+from edgepipe.run_video import video_step
 from edgepipe.runtime import EdgepipeError, ObjectDetector
 from edgepipe.runtime.draw import draw_detections, encode_image
 from edgepipe.runtime.video import open_video, read_frames
@@ -55,18 +56,22 @@ def detect_image(detector: ObjectDetector, image_rgb, thresh: float, classes: se
 
 
 def detect_video(detector: ObjectDetector, video_path: Path, thresh: float, classes: set[str] | None) -> None:
+    """Detections tracked across frames (`edgepipe run`'s step): each box drawn with its track id."""
     capture, fps, frames = open_video(video_path)
     out_path = video_path.with_name("detections.mp4")
+    step = video_step(detector, thresh, classes=classes)
     bar, rate = st.progress(0.0, text="Detecting ..."), st.empty()
     counts: dict[str, int] = {}
+    tracks: dict[str, set[int]] = {}
     start, done = time.perf_counter(), 0
     try:
         with VideoOut(out_path, fps, (int(capture.get(3)), int(capture.get(4)))) as out:
             for done, frame in enumerate(read_frames(capture), 1):
-                detections = detector.detect(frame, thresh, classes)
-                for d in detections:
-                    counts[d.label] = counts.get(d.label, 0) + 1
-                out.write(draw_detections(frame, detections))
+                annotated, rows = step(frame, done - 1)
+                for row in rows:
+                    counts[row["label"]] = counts.get(row["label"], 0) + 1
+                    tracks.setdefault(row["label"], set()).add(row["track"])
+                out.write(annotated)
                 speed = done / (time.perf_counter() - start)
                 bar.progress(min(1.0, done / frames), text=f"frame {done}/{frames}")
                 rate.caption(f"{speed:.1f} frames per second")
@@ -75,7 +80,8 @@ def detect_video(detector: ObjectDetector, video_path: Path, thresh: float, clas
     st.success(f"{done} frames at {done / (time.perf_counter() - start):.1f} frames per second: "
                f"{sum(counts.values())} detections")
     st.video(str(out_path))
-    st.dataframe(pd.DataFrame({"label": list(counts), "detections": list(counts.values())}), hide_index=True)
+    st.dataframe(pd.DataFrame({"label": list(counts), "tracks": [len(tracks[label]) for label in counts],
+                               "detections": list(counts.values())}), hide_index=True)
     st.download_button("Download annotated video", out_path.read_bytes(), "detections.mp4", "video/mp4",
                        key="download")
 

@@ -128,8 +128,39 @@ def test_detection_through_the_file_uploader(demo, shared_data):
 def test_detection_on_a_video(demo, shared_data):
     at = no_exceptions(page("pages/2_Object_detection.py", detect_path=str(shared_data / "videos" / "face_carphone.mp4")))
     message = at.success[0].value
-    print(message)
+    table = result_table(at, "tracks")
+    print(message, table.to_dict("records"))
     assert "frames per second" in message and len(at.get("video")) == 1
+    assert at.download_button(key="download").label == "Download annotated video"
+    # tracked: the man on the phone is a few tracks over the clip's 120 frames, not a new box every frame
+    person = table.set_index("label").loc["person"]
+    assert 1 <= person["tracks"] <= 5 < person["detections"] and (table["tracks"] <= table["detections"]).all()
+    at.multiselect(key="classes").set_value(["person"])
+    people = result_table(no_exceptions(at.run()), "tracks")
+    assert people.to_dict("records") == [{"label": "person", **person.to_dict()}]  # labels never share a track
+
+
+def test_face_video_is_tracked_and_named_per_track(demo, shared_data, tmp_path):
+    import cv2
+
+    video = shared_data / "videos" / "face_carphone.mp4"
+    ok, first = cv2.VideoCapture(str(video)).read()
+    assert ok and cv2.imwrite(str(tmp_path / "first.png"), first)
+    lfw = shared_data / "lfw_10ids" / "images"
+    at = enroll(page("pages/1_Face_recognition.py"), "Tony Blair", lfw / "Tony_Blair" / "Tony_Blair_0001.jpg")
+    at.session_state["identify_path"] = str(video)
+    assert set(result_table(no_exceptions(at.run()), "track")["name"]) == {"unknown"}
+    at.slider(key="threshold").set_value(1.2)  # past any distance: the slider reaches the video's votes
+    assert "Tony Blair" in set(result_table(no_exceptions(at.run()), "track")["name"])
+
+    enroll(at, "Caller", tmp_path / "first.png")
+    at = no_exceptions(page("pages/1_Face_recognition.py", identify_path=str(video)))
+    table = result_table(at, "track")
+    print(at.caption[-1].value, table.to_dict("records"))
+    assert "frames per second" in at.caption[-1].value and len(at.get("video")) == 1
+    assert list(table.columns) == ["track", "name", "frames"] and table["track"].is_unique
+    assert table["frames"].sum() <= 120 and table["frames"].max() > 100  # one face, one track nearly throughout
+    assert table.loc[table["frames"].idxmax(), "name"] == "Caller"
 
 
 @pytest.mark.parametrize("name, body, message", [

@@ -1,13 +1,17 @@
 """The numpy tracker: stable ids for moving objects, ByteTrack's second look at low scores, ended tracks, and
-identity votes that ask for few embeddings."""
+identity votes that ask for few embeddings; `video_step`'s class filter and match threshold, on fake models."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgepipe.run_video import video_step
+from edgepipe.runtime import Detection, Face, FaceDetector, FaceGallery, ObjectDetector
 from edgepipe.runtime.tracking import IdentityVotes, Tracker, pairwise_iou
 
 
@@ -23,6 +27,7 @@ def test_objects_moving_apart_keep_their_ids_whatever_the_order_of_detections(se
     rng = np.random.default_rng(seed)
     start = np.stack([np.arange(objects) * 120.0, rng.uniform(0, 50, objects)], 1)  # 120 px apart, 60 px wide
     speed = rng.uniform(-4, 4, (objects, 2))
+    speed[:, 0].sort()  # apart: each moves right no faster than the one to its right, so no two ever cross
     tracker, seen = Tracker(), {}
     for f in range(frames):
         centre = start + speed * f + rng.normal(0, 1.0, (objects, 2))
@@ -96,3 +101,58 @@ def test_votes_settle_after_a_few_embeddings_then_recheck_periodically():
     assert len(asked) <= 8  # not one embedding a frame
     votes.forget(set())
     assert votes.name(7) is None and votes.needs_embedding(7, 100)
+
+
+_META = SimpleNamespace(meta=SimpleNamespace(head=SimpleNamespace(score_thresh=0.5)))
+
+
+class _CatAndDog(ObjectDetector):
+    """The same cat and dog in every frame, filtered by `classes` as `ObjectDetector.detect` does."""
+
+    def __init__(self):
+        self.model = _META
+
+    def detect(self, image_rgb, score_thresh=None, classes=None):
+        found = [Detection(np.array([10, 10, 50, 50], np.float32), 0.9, 0, "cat"),
+                 Detection(np.array([60, 10, 100, 50], np.float32), 0.8, 1, "dog")]
+        return [d for d in found if classes is None or d.label in classes]
+
+
+class _OneFace(FaceDetector):
+    def __init__(self):
+        self.model = _META
+
+    def detect(self, image_rgb, score_thresh=None):
+        return [Face(np.array([10, 10, 60, 60], np.float32), 0.9, np.zeros((5, 2), np.float32), ("k",) * 5)]
+
+    def refine(self, image_rgb, face):
+        return face
+
+
+class _Embedder:
+    def embed(self, image_rgb, faces):
+        return np.tile(np.array([1.0, 0.0], np.float32), (len(faces), 1))  # cosine distance 0.2 from Ann's
+
+
+def _rows(step, frames: int = 5) -> list[dict]:
+    frame = np.zeros((120, 160, 3), np.uint8)
+    return [row for index in range(frames) for row in step(frame, index)[1]]
+
+
+def test_video_step_keeps_only_the_classes_asked_for():
+    assert {r["label"] for r in _rows(video_step(_CatAndDog()))} == {"cat", "dog"}
+    rows = _rows(video_step(_CatAndDog(), classes={"dog"}))
+    assert {r["label"] for r in rows} == {"dog"} and len({r["track"] for r in rows}) == 1 and len(rows) == 5
+
+
+def test_video_step_names_faces_under_the_threshold_given_else_the_gallery_s():
+    gallery = FaceGallery("fake", "cosine", 0.5)
+    gallery.enroll("Ann", np.array([0.8, 0.6], np.float32))
+
+    def names(**kwargs) -> set:
+        return {r["name"] for r in _rows(video_step(_OneFace(), None, _Embedder(), gallery, **kwargs))}
+
+    assert names() == {"Ann"}  # 0.2 under the gallery's 0.5
+    assert names(threshold=0.1) == {None}  # a stricter slider: unknown
+    gallery.threshold = 0.1
+    assert names() == {None} and names(threshold=0.3) == {"Ann"}
