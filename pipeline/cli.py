@@ -392,8 +392,8 @@ def _terminated(signum, frame):
 
 
 # The optional packages, by the extra that installs them (pyproject.toml); the core install has none of them.
-_EXTRA_OF = {**dict.fromkeys(("torch", "onnx", "onnxscript", "safetensors", "pycocotools"), "torch"), "usearch": "gallery",
-             **dict.fromkeys(("streamlit", "pandas", "altair"), "demo"), **dict.fromkeys(("ray", "pyarrow"), "ray")}
+_EXTRA_OF = {**dict.fromkeys(("torch", "onnx", "onnxscript", "safetensors", "pycocotools"), "torch"), "faiss": "gallery",
+             "usearch": "gallery", **dict.fromkeys(("streamlit", "pandas", "altair"), "demo"), "ray": "ray", "pyarrow": "ray"}
 
 
 if __name__ == "__main__":

@@ -75,6 +75,17 @@ def ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def shares(text: str) -> tuple[float, ...]:
+    """Comma-separated shares of a whole: numbers in (0, 1]."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in (0, 1], got {text!r}")
+    return values
+
+
 def images(folder: str | None) -> list[Path] | None:
     """Every image under an --images folder (None when the flag is not given)."""
     if folder is None:

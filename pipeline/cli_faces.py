@@ -20,6 +20,7 @@ from edgepipe.cli_args import (
     positive_float,
     positive_int,
     score,
+    shares,
 )
 from edgepipe.cli_engine import add_engine_flags
 
@@ -27,7 +28,8 @@ __all__ = ["add_face_commands"]
 
 
 def enable_gallery_index() -> None:
-    """Register usearch's index for large galleries (the `gallery` extra); without it galleries search exactly."""
+    """Register the indexes of large galleries (faiss, usearch: the `gallery` extra); without them galleries search
+    exactly."""
     try:
         import edgepipe.gallery_ann  # noqa: F401  (registers the index)
     except ImportError:
@@ -143,7 +145,8 @@ def _cmd_faces_bench_gallery(args) -> int:
         print(f"{sum(map(len, real.values()))} photos of {len(real)} real people from {args.real}, {metric} metric",
               flush=True)
     options = GalleryBenchOptions(sizes=args.sizes, dim=next(iter(real.values())).shape[1] if real else args.dim,
-                                  queries=args.queries, metric=metric, efs=args.ef, real=real)
+                                  queries=args.queries, metric=metric, shares=args.lists_share, efs=args.ef,
+                                  real=real)
     rows = bench_gallery(options)
     atomic_write(args.json, json.dumps(rows, indent=1).encode())
     print(render_table(rows, ["size", "search", "build_s", "memory_mb", "query_ms_p50", "query_ms_p99",
@@ -275,17 +278,22 @@ def add_face_commands(sub) -> None:
     bench.add_argument("--json", required=True, help="write the rows and the machine here")
     bench.set_defaults(func=_cmd_faces_bench)
     scale = faces.add_parser(
-        "bench-gallery", help="gallery search at 10^4..10^6 people: exact vs usearch's HNSW index",
+        "bench-gallery", help="gallery search at 10^4..10^6 people: exact vs faiss's IVF-PQ index (and usearch's "
+        "HNSW)",
         description="Time face identification against galleries of synthetic people (128-d unit vectors in "
-        "look-alike groups; probes are enrolled people's vectors moved by noise), exact search against the HNSW "
-        "index large galleries use: build time, memory, query p50/p99 on one thread through FaceGallery.identify, "
-        "recall@1 of the index against exact search. --real adds real people's embeddings (an LFW-layout folder, "
+        "look-alike groups; probes are enrolled people's vectors moved by noise), exact search against the IVF-PQ "
+        "index large galleries use (faiss; usearch's HNSW too with --ef): build time, index memory, query p50/p99 "
+        "on one thread through FaceGallery.identify (exact re-rank included), recall@1 of the index against exact "
+        "search. --real adds real people's embeddings (an LFW-layout folder, "
         "through the face pipeline) to the gallery and their other photos to the probes.")
     scale.add_argument("--sizes", type=ints, default=(10_000, 100_000, 1_000_000),
                        help="comma-separated gallery sizes (default 10000,100000,1000000)")
     scale.add_argument("--queries", type=positive_int, default=1000, help="probes per size (default 1000)")
-    scale.add_argument("--ef", type=ints, default=(64, 128, 256), help="HNSW search depths to measure on each "
-                       "index (default 64,128,256)")
+    scale.add_argument("--lists-share", type=shares, default=(1 / 16, 1 / 8, 1 / 4), metavar="S,S,...",
+                       help="shares of faiss's IVF lists to scan (its nprobe / lists), each measured on one build "
+                       "per size (default 0.0625,0.125,0.25; a gallery scans a quarter)")
+    scale.add_argument("--ef", type=ints, default=(), help="also measure usearch's HNSW at these search depths "
+                       "(e.g. 64,128,256; default: not measured, its build takes ~30 min at 10^6 on 2 cores)")
     scale.add_argument("--dim", type=positive_int, default=128, help="embedding size without --real (default 128)")
     scale.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine",
                        help="distance without --real (default cosine; with --real, the embedder's)")

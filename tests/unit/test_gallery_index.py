@@ -1,6 +1,6 @@
-"""A large face gallery: exact search equals brute force, the usearch index behind it grows and shrinks in place
-and agrees with exact search, format 2 files round-trip and are checked on load, and a device without usearch still
-answers, exactly."""
+"""A large face gallery: exact search equals brute force, the faiss IVF-PQ index behind it (and usearch's HNSW, which
+older galleries hold) grows and shrinks in place and agrees with exact search, format 2 files round-trip and are
+checked on load, and a device without the index's library still answers, exactly."""
 
 from __future__ import annotations
 
@@ -42,14 +42,15 @@ def test_exact_search_is_brute_force(n, per, metric, seed):
         assert match.nearest == names[int(row.argmin()) // per] or np.isclose(row.min(), np.partition(row, 1)[1])
 
 
-def test_the_index_is_built_at_the_threshold_and_updated_in_place():
+@pytest.mark.parametrize("kind, cls", [("faiss-ivf", gallery_ann.FaissIvfIndex), ("usearch", gallery_ann.UsearchIndex)])
+def test_the_index_is_built_at_the_threshold_and_updated_in_place(kind, cls):
     names, vectors = _people(400)
-    gallery = FaceGallery("m", "cosine", 0.3, ann_from=300)
+    gallery = FaceGallery("m", "cosine", 0.3, ann_from=300, index_kind=kind)
     gallery.enroll_many(names[:299], list(vectors[:299]))
     assert gallery.index is None  # below the threshold: exact
     gallery.enroll_many(names[299:], list(vectors[299:]))
     index = gallery.index
-    assert isinstance(index, gallery_ann.UsearchIndex) and len(index) == len(gallery) == 400
+    assert isinstance(index, cls) and len(index) == len(gallery) == 400
     gallery.enroll("late", vectors[0, 0] * 2)
     gallery.remove("p00007")
     assert gallery.index is index and len(index) == len(gallery) == 400  # no rebuild
@@ -59,18 +60,33 @@ def test_the_index_is_built_at_the_threshold_and_updated_in_place():
     queries = vectors[:, 0] + 0.02 * np.random.default_rng(3).standard_normal((400, 16)).astype(np.float32)
     agree = np.mean([a.nearest == b.nearest for a, b in zip(gallery.identify(queries), exact.identify(queries))])
     assert agree >= 0.97  # approximate: a multi-threaded build is not deterministic (measured 0.9875-1.0)
+    assert not {"p00007"} & {m.nearest for m in gallery.identify(vectors[7])}  # removed means never found
 
 
-def test_format_2_round_trip_keeps_the_index(tmp_path):
+def test_a_distance_through_the_index_is_the_exact_one():
+    """The index only proposes candidates; the gallery re-ranks them with its vectors, so a match's distance is
+    the true distance to the person it names."""
+    names, vectors = _people(800, dim=32)
+    gallery = FaceGallery("m", "euclidean", 0.3, ann_from=700)
+    gallery.enroll_many(names, list(vectors))
+    assert gallery.index.settings["factory"] == "IVF20,PQ8x4fs"  # 800 // 39 lists of 4-bit codes
+    queries = vectors[:50, 0] + 0.05 * np.random.default_rng(1).standard_normal((50, 32)).astype(np.float32)
+    for query, match in zip(queries, gallery.identify(queries)):
+        assert match.distance == pytest.approx(embedding_distance(query, gallery.embeddings(match.nearest),
+                                                                  "euclidean").min(), abs=1e-5)
+
+
+@pytest.mark.parametrize("kind, cls", [("faiss-ivf", gallery_ann.FaissIvfIndex), ("usearch", gallery_ann.UsearchIndex)])
+def test_format_2_round_trip_keeps_the_index(tmp_path, kind, cls):
     names, vectors = _people(120, per=2)
-    gallery = FaceGallery("m", "euclidean", 0.6, ann_from=100)
+    gallery = FaceGallery("m", "euclidean", 0.6, ann_from=100, index_kind=kind)
     gallery.enroll_many(names, list(vectors))
     gallery.remove("p00003")
     gallery.rename("p00004", "Ada")
     path = gallery.save(tmp_path / "g.gallery")
     loaded = FaceGallery.load(path)
     assert loaded.names == gallery.names and len(loaded) == len(gallery) == 238
-    assert isinstance(loaded.index, gallery_ann.UsearchIndex) and len(loaded.index) == 238
+    assert isinstance(loaded.index, cls) and len(loaded.index) == 238 and loaded.index_kind == kind
     queries = vectors[:, 1]
     assert [m.nearest for m in loaded.identify(queries)] == [m.nearest for m in gallery.identify(queries)]
     assert np.array_equal(loaded.embeddings("Ada"), vectors[4])
@@ -112,7 +128,7 @@ def test_a_tampered_archive_is_one_line_error(tmp_path, change, message):
         FaceGallery.load(tmp_path / "cut.gallery")
 
 
-def test_a_device_without_usearch_searches_exactly(tmp_path, monkeypatch):
+def test_a_device_without_the_index_library_searches_exactly(tmp_path, monkeypatch):
     names, vectors = _people(80)
     gallery = FaceGallery("m", "cosine", 0.3, ann_from=10)
     gallery.enroll_many(names, list(vectors))
