@@ -4,13 +4,13 @@ runtime itself never imports faiss or usearch and searches exactly where they ar
 
 New galleries use "faiss-ivf": faiss's inverted file of 4-bit product-quantised codes scanned with SIMD
 (`IVF<lists>,PQ32x4fs`, 16 bytes a vector), whose best `candidates` the gallery re-ranks exactly with its own
-vectors. Chosen by `edgepipe faces bench-gallery` (README "Large face galleries"): on face-like embeddings, whose
-variance fills most of the 128 dimensions (real SFace faces: half the variance in 30 dims, 90% in 89), it beats
-usearch's HNSW at 10^5 (recall@1 0.999 in 0.37 ms scanning a quarter of the lists, vs 0.994 in 0.97 ms at ef 128)
-and 10^6 (0.981 in 1.0 ms vs 0.872 in 8.3 ms at ef 256), builds in 33 s instead of 27 min at 10^6, adds and removes
-in place and serialises to bytes (no pickle). How deep it looks is `depth` (faiss's nprobe: lists scanned, default
-a quarter of them). usearch's HNSW ("usearch") stays registered: galleries written with it still load, and the
-benchmark measures it beside faiss with `--ef`.
+vectors, looking again `DEEPER` times deeper when an answer is not sure (`FaceGallery.nearest`). Chosen by
+`edgepipe faces bench-gallery` (README "Large face galleries"): on face-like embeddings, whose variance fills most of
+the 128 dimensions (real SFace faces: half the variance in 30 dims, 90% in 89), it beats usearch's HNSW at 10^5
+(recall@1 0.999 in 0.27 ms vs 0.987 in 1.7 ms at ef 128) and 10^6 (0.995 in 0.48 ms vs 0.872 in 8.3 ms at ef 256),
+builds in 39 s instead of 27 min at 10^6, adds and removes in place and serialises to bytes (no pickle). How deep it
+looks first is `depth` (faiss's nprobe: lists scanned, default 1/16 of them). usearch's HNSW ("usearch") stays
+registered: galleries written with it still load, and the benchmark measures it beside faiss with `--ef`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ EXPANSION_ADD = 128  # efConstruction
 EXPANSION_SEARCH = 128  # ef: recall@1 0.994 against exact at 10^5, 2.2 ms vs 8.1 (faces bench-gallery)
 # cosine: unit vectors under inner product (measured 1.6x faster per query than usearch's own "cos", same recall)
 _METRICS = {"cosine": "ip", "euclidean": "l2sq"}
+DEEPER = 8  # an unsure answer's second look scans this many times the lists
 
 
 class UsearchIndex:
@@ -105,12 +106,14 @@ class FaissIvfIndex:
     128 dims); fewer than 624 first vectors (39 x 16) cannot train them, and are kept whole (`Flat`)."""
 
     LISTS = 4096
+
     IMPLEM = 10  # faiss's fast-scan kernel choice: 10 measured 18% faster than its default at 10^6 (same answers)
     candidates = 20  # best by code, re-ranked exactly by the gallery (20 and 100 found the same at 10^6: the lists
     # scanned decide the recall, not the codes)
 
     def __init__(self, metric: str, ndim: int, data: bytes | None = None, *, threads: int = 0):
         self.unit, self.ndim = metric == "cosine", ndim
+        self.searches = self.deep_searches = 0  # queries, and those looked up again deeper
         self._metric = faiss.METRIC_INNER_PRODUCT if self.unit else faiss.METRIC_L2
         self._index = None
         if data is not None:
@@ -132,7 +135,7 @@ class FaissIvfIndex:
         self._tuned()
         self._ivf.cp.seed = 0
         self._index.train(sample)
-        self._ivf.nprobe = max(1, lists // 4)  # recall@1 >= 0.99 against exact at 10^4..10^6 (faces bench-gallery)
+        self._ivf.nprobe = max(1, lists // 16)  # then 8x deeper when unsure (`FaceGallery.nearest`, bench-gallery)
 
     def _tuned(self) -> None:
         """Find the IVF inside the index (its concrete class) and set what faiss does not store."""
@@ -145,7 +148,8 @@ class FaissIvfIndex:
     @property
     def settings(self) -> dict:
         return {"library": f"faiss {faiss.__version__}", "factory": f"IVF{self._ivf.nlist},{self.code}",
-                "lists": self._ivf.nlist, "nprobe": self._ivf.nprobe, "candidates": self.candidates}
+                "lists": self._ivf.nlist, "nprobe": self._ivf.nprobe, "deep_nprobe": self.deep_depth,
+                "candidates": self.candidates}
 
     def __len__(self) -> int:
         return 0 if self._index is None else int(self._index.ntotal)
@@ -186,9 +190,20 @@ class FaissIvfIndex:
     def remove(self, keys: np.ndarray) -> None:
         self._index.remove_ids(np.ascontiguousarray(keys, np.int64))
 
-    def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Keys (Q, k) best first, -1 where fewer than k were found, and their approximate distances."""
-        distances, keys = self._index.search(self._prepared(queries), k)
+    @property
+    def deep_depth(self) -> int:
+        """The lists scanned when the gallery is not sure of an answer: `DEEPER` x `depth`, at most all of them."""
+        return min(self._ivf.nlist, DEEPER * self._ivf.nprobe)
+
+    def search(self, queries: np.ndarray, k: int = 1, depth: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Keys (Q, k) best first, -1 where fewer than k were found, and their approximate distances; `depth`:
+        scan this many lists for these queries only (default `depth`)."""
+        params = None if depth is None else faiss.SearchParametersIVF(nprobe=int(depth))
+        distances, keys = self._index.search(self._prepared(queries), k, params=params)
+        if depth is None:
+            self.searches += len(queries)
+        else:
+            self.deep_searches += len(queries)
         return keys.astype(np.int64), distances.astype(np.float64)
 
     def to_bytes(self) -> bytes:

@@ -9,7 +9,9 @@ look-alikes around shared directions); each probe is an enrolled person's vector
 the shared photos: real ones spread wider (half their variance in 30 dimensions, these in 18; 90% in 89 and 88), and
 LFW's median same-person distance is 0.34, so these are no easier to search than real faces. With `real` embeddings
 (for example LFW faces through the embedder), those people join the gallery (one photo each) and their other photos
-are probes too. As in a gallery that grows, an index is made at `ANN_FROM` people (faiss trains its lists on them)
+are probes too. A fifth as many impostors (people never enrolled) are timed apart: an index is never sure of their
+answer, so they show what its second, deeper look costs. The gallery's threshold is SFace's 0.637 (or the
+embedder's with `real`). As in a gallery that grows, an index is made at `ANN_FROM` people (faiss trains its lists on them)
 and the others are added to it.
 
 The measurement runs in a child process whose BLAS and OpenMP pools have one thread, so "1 thread" is true for the
@@ -31,6 +33,8 @@ from edgepipe.errors import BenchmarkError
 
 __all__ = ["GalleryBenchOptions", "bench_gallery"]
 
+SFACE_THRESHOLD = 0.637  # the synthetic probes stand at SFace's same-person distance; so does its threshold
+
 
 @dataclass(frozen=True)
 class GalleryBenchOptions:
@@ -42,6 +46,7 @@ class GalleryBenchOptions:
     shares: tuple[float, ...] = (1 / 16, 1 / 8, 1 / 4)  # faiss IVF: share of its lists scanned (nprobe), on one build
     efs: tuple[int, ...] = ()  # usearch HNSW search depths measured on one build (none: usearch not measured)
     real: dict = field(default_factory=dict)  # name -> (n, dim) embeddings of real people (their first is enrolled)
+    threshold: float | None = None  # the gallery's match distance (default SFace's, 0.637 cosine)
 
     def __post_init__(self) -> None:
         if not self.sizes or any(not isinstance(s, int) or s < 1 for s in self.sizes):
@@ -54,6 +59,8 @@ class GalleryBenchOptions:
             raise BenchmarkError(f"shares of the lists must be in (0, 1], got {self.shares!r}")
         if not self.shares and not self.efs:
             raise BenchmarkError("nothing to compare exact search with: give shares or efs")
+        if self.threshold is not None and not (np.isfinite(self.threshold) and self.threshold > 0):
+            raise BenchmarkError(f"threshold must be a finite distance > 0, got {self.threshold!r}")
         if self.metric not in ("cosine", "euclidean"):
             raise BenchmarkError(f"metric must be cosine or euclidean, got {self.metric!r}")
 
@@ -111,12 +118,18 @@ def _measure(request: dict) -> list[dict]:
         vectors = [*people] + [v[0] for v in real.values()]
         for name, v in real.items():
             probes, truth = np.concatenate([probes, v[1:]]), truth + [name] * (len(v) - 1)
-        exact, answers = _timed(FaceGallery("bench", request["metric"], 2.0, ann_from=10**12), "exact", names,
-                                vectors, probes, truth, None, None, request, machine)
+        # people never enrolled (impostors): their nearest is a stranger, so an index is never sure of them
+        probes = np.concatenate([probes, _people(max(1, len(picks) // 5), request["dim"], rng)])
+        truth += [None] * (len(probes) - len(truth))
+        threshold = request["threshold"] or (SFACE_THRESHOLD if request["metric"] == "cosine"
+                                             else float(np.sqrt(2 * SFACE_THRESHOLD)))  # the same on unit vectors
+        exact, answers = _timed(FaceGallery("bench", request["metric"], threshold, ann_from=10**12), "exact",
+                                names, vectors, probes, truth, None, None, request, machine)
         rows.append(exact)
         for kind, depths in (("faiss-ivf", request["shares"]), ("usearch", request["efs"])):
             # as a gallery grows: the index is made (and faiss's lists trained) at ANN_FROM people, the rest added
-            indexed = FaceGallery("bench", request["metric"], 2.0, ann_from=min(size, ANN_FROM), index_kind=kind)
+            indexed = FaceGallery("bench", request["metric"], threshold, ann_from=min(size, ANN_FROM),
+                                  index_kind=kind)
             for depth in depths:  # one build, several search depths: recall against latency
                 label = f"{kind} {100 * depth:g}% lists" if kind == "faiss-ivf" else f"{kind} ef{depth}"
                 rows.append(_timed(indexed, label, names, vectors, probes, truth, depth, answers, request,
@@ -140,21 +153,32 @@ def _timed(gallery, search: str, names, vectors, probes, truth, depth, exact, re
         gallery.index.depth = max(1, round(depth * lists)) if lists else depth
     for probe in probes[:20]:  # warm-up
         gallery.identify(probe)
-    latencies, found = [], []
+    latencies, found, deeper = [], [], []
     for probe in probes:
+        before = getattr(gallery.index, "deep_searches", 0)
         t0 = time.perf_counter()
         found.append(gallery.identify(probe)[0].nearest)
         latencies.append((time.perf_counter() - t0) * 1e3)
+        deeper.append(getattr(gallery.index, "deep_searches", 0) > before)
     memory = (gallery.index.memory_bytes if gallery.index is not None else len(gallery) * request["dim"] * 4) / 2**20
     reference = exact if exact is not None else found
+    genuine = np.array([t is not None for t in truth])
+    right = np.array([a == b for a, b in zip(found, reference)])
+    latencies, deeper = np.array(latencies), np.array(deeper)
     return {
         "size": len(names), "search": search, "people": len(gallery.names), "dim": request["dim"],
         "build_s": round(build_s, 3) if build_s > 1e-3 else None, "memory_mb": round(memory, 1),
-        "query_ms_p50": round(float(np.percentile(latencies, 50)), 4),
-        "query_ms_p99": round(float(np.percentile(latencies, 99)), 4),
-        "recall_at_1": round(float(np.mean([a == b for a, b in zip(found, reference)])), 4),
-        "rank1_vs_truth": round(float(np.mean([a == t for a, t in zip(found, truth)])), 4),
-        "queries": len(probes), "real_probes": sum(not t.startswith("s") for t in truth),
+        "query_ms_p50": round(float(np.percentile(latencies[genuine], 50)), 4),
+        "query_ms_p99": round(float(np.percentile(latencies[genuine], 99)), 4),
+        "recall_at_1": round(float(right[genuine].mean()), 4),
+        "rank1_vs_truth": round(float(np.mean([a == t for a, t, g in zip(found, truth, genuine) if g])), 4),
+        "deeper_share": round(float(deeper[genuine].mean()), 4),  # probes looked up again, deeper (not sure)
+        "impostor_ms_p50": round(float(np.percentile(latencies[~genuine], 50)), 4),
+        "impostor_deeper_share": round(float(deeper[~genuine].mean()), 4),
+        "impostor_recall_at_1": round(float(right[~genuine].mean()), 4),
+        "threshold": round(gallery.threshold, 4),
+        "queries": int(genuine.sum()), "impostors": int((~genuine).sum()),
+        "real_probes": sum(t is not None and not t.startswith("s") for t in truth),
         "index": gallery.index.settings if gallery.index is not None else None,
         "build_threads": request["cores"], "query_threads": 1, "machine": machine,
     }, found

@@ -17,6 +17,9 @@ def test_a_small_run_gives_every_row_with_recall_against_exact():
     assert [r["search"] for r in rows] == ["exact", "faiss-ivf 25% lists", "faiss-ivf 100% lists", "usearch ef16"]
     exact, quarter, every, hnsw = rows
     assert exact["index"] is None and exact["recall_at_1"] == 1.0 and exact["queries"] == 30
+    assert exact["impostors"] == 6 and exact["threshold"] == 0.637 and exact["impostor_ms_p50"] > 0
+    assert quarter["impostor_deeper_share"] == 1.0  # a stranger's answer is never sure: always the second look
+    assert 0 <= quarter["deeper_share"] < 0.5 and exact["deeper_share"] == 0
     assert quarter["index"]["factory"] == "IVF17,PQ32x4fs" and quarter["index"]["nprobe"] == 4  # 700 // 39 lists
     assert every["index"]["nprobe"] == 17 and every["recall_at_1"] == 1.0  # every list scanned + exact re-rank
     assert quarter["build_s"] > 0 and every["build_s"] is None  # one build, several depths
