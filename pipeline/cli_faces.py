@@ -284,8 +284,8 @@ def add_face_commands(sub) -> None:
         "look-alike groups; probes are enrolled people's vectors moved by noise), exact search against the IVF-PQ "
         "index large galleries use (faiss; usearch's HNSW too with --ef): build time, index memory, query p50/p99 "
         "on one thread through FaceGallery.identify (exact re-rank included), recall@1 of the index against exact "
-        "search. --real adds real people's embeddings (an LFW-layout folder, "
-        "through the face pipeline) to the gallery and their other photos to the probes.")
+        "search. --real adds real people's embeddings (an LFW-layout folder, through the face pipeline) to the "
+        "gallery and their other photos to the probes.")
     scale.add_argument("--sizes", type=ints, default=(10_000, 100_000, 1_000_000),
                        help="comma-separated gallery sizes (default 10000,100000,1000000)")
     scale.add_argument("--queries", type=positive_int, default=1000, help="probes per size (default 1000)")

@@ -31,6 +31,12 @@ _METRICS = {"cosine": "ip", "euclidean": "l2sq"}
 DEEPER = 8  # an unsure answer's second look scans this many times the lists
 
 
+def _rows(unit: bool, vectors: np.ndarray) -> np.ndarray:
+    """Vectors as an index takes them: C-contiguous float32 rows, unit length for cosine (inner product)."""
+    vectors = np.ascontiguousarray(np.atleast_2d(vectors), np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if unit else vectors
+
+
 class UsearchIndex:
     """A gallery's approximate index: vectors under integer keys, HNSW, f32, one thread per query."""
 
@@ -75,18 +81,14 @@ class UsearchIndex:
     def keys(self) -> np.ndarray:
         return np.asarray(self._index.keys, np.int64)
 
-    def _prepared(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.ascontiguousarray(np.atleast_2d(vectors), np.float32)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if self.unit else vectors
-
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        self._index.add(np.asarray(keys, np.uint64), self._prepared(vectors), threads=self.threads)
+        self._index.add(np.asarray(keys, np.uint64), _rows(self.unit, vectors), threads=self.threads)
 
     def remove(self, keys: np.ndarray) -> None:
         self._index.remove(np.asarray(keys, np.uint64))
 
     def search(self, queries: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        found = self._index.search(self._prepared(queries), k, threads=1)
+        found = self._index.search(_rows(self.unit, queries), k, threads=1)
         keys, distances = np.asarray(found.keys, np.int64), np.asarray(found.distances, np.float64)
         return keys.reshape(len(queries), k), distances.reshape(len(queries), k)
 
@@ -106,7 +108,6 @@ class FaissIvfIndex:
     128 dims); fewer than 624 first vectors (39 x 16) cannot train them, and are kept whole (`Flat`)."""
 
     LISTS = 4096
-
     IMPLEM = 10  # faiss's fast-scan kernel choice: 10 measured 18% faster than its default at 10^6 (same answers)
     candidates = 20  # best by code, re-ranked exactly by the gallery (20 and 100 found the same at 10^6: the lists
     # scanned decide the recall, not the codes)
@@ -128,8 +129,8 @@ class FaissIvfIndex:
     def _built(self, vectors: np.ndarray) -> None:
         lists = max(1, min(self.LISTS, len(vectors) // 39))
         per = 4 if self.ndim % 4 == 0 else 2 if self.ndim % 2 == 0 else 1
-        self.code = f"PQ{self.ndim // per}x4fs" if len(vectors) >= 39 * 16 else "Flat"
-        self._index = faiss.index_factory(self.ndim, f"IVF{lists},{self.code}", self._metric)
+        code = f"PQ{self.ndim // per}x4fs" if len(vectors) >= 39 * 16 else "Flat"
+        self._index = faiss.index_factory(self.ndim, f"IVF{lists},{code}", self._metric)
         rng = np.random.default_rng(0)
         sample = vectors if len(vectors) <= 256 * lists else vectors[rng.choice(len(vectors), 256 * lists, False)]
         self._tuned()
@@ -177,12 +178,8 @@ class FaissIvfIndex:
         return np.concatenate([faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
                                for i in range(lists.nlist)] or [np.empty(0, np.int64)]).astype(np.int64)
 
-    def _prepared(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.ascontiguousarray(np.atleast_2d(vectors), np.float32)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True) if self.unit else vectors
-
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        vectors = self._prepared(vectors)
+        vectors = _rows(self.unit, vectors)
         if self._index is None:
             self._built(vectors)
         self._index.add_with_ids(vectors, np.ascontiguousarray(keys, np.int64))
@@ -199,7 +196,7 @@ class FaissIvfIndex:
         """Keys (Q, k) best first, -1 where fewer than k were found, and their approximate distances; `depth`:
         scan this many lists for these queries only (default `depth`)."""
         params = None if depth is None else faiss.SearchParametersIVF(nprobe=int(depth))
-        distances, keys = self._index.search(self._prepared(queries), k, params=params)
+        distances, keys = self._index.search(_rows(self.unit, queries), k, params=params)
         if depth is None:
             self.searches += len(queries)
         else:

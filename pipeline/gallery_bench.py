@@ -11,8 +11,8 @@ LFW's median same-person distance is 0.34, so these are no easier to search than
 (for example LFW faces through the embedder), those people join the gallery (one photo each) and their other photos
 are probes too. A fifth as many impostors (people never enrolled) are timed apart: an index is never sure of their
 answer, so they show what its second, deeper look costs. The gallery's threshold is SFace's 0.637 (or the
-embedder's with `real`). As in a gallery that grows, an index is made at `ANN_FROM` people (faiss trains its lists on them)
-and the others are added to it.
+embedder's with `real`). As in a gallery that grows, an index is made at `ANN_FROM` people (faiss trains its lists on
+them) and the others are added to it.
 
 The measurement runs in a child process whose BLAS and OpenMP pools have one thread, so "1 thread" is true for the
 exact search's matrix product as well as for the index; building the index uses every core.
@@ -66,9 +66,8 @@ class GalleryBenchOptions:
 
 
 def bench_gallery(options: GalleryBenchOptions) -> list[dict]:
-    """One row per size x search ("exact", then "faiss-ivf N% lists" (that share of its lists scanned) and
-    "usearch efN" for each search depth),
-    measured in a one-thread child process.
+    """One row per size x search ("exact", then "faiss-ivf N% lists" (that share of its lists scanned first) and
+    "usearch efN" for each search depth), measured in a one-thread child process.
 
     Raises:
         BenchmarkError: bad options, or the child process failed (its last line).
